@@ -1,0 +1,123 @@
+"""Protocol v1 ops (docs/protocol.md): decode and validate what clients send,
+encode what the server sends. Sans-IO.
+
+msgspec does the JSON: it decodes straight into typed structs, validates as it
+goes, and keeps ``body`` as the raw bytes the client sent (``msgspec.Raw``), so
+a message body is never decoded or re-encoded on its way through roost.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from roost.errors import RequestError
+
+__all__ = [
+    "MAX_RECV_IDS",
+    "Ack",
+    "ErrorFrame",
+    "Msg",
+    "Receipt",
+    "Recv",
+    "Send",
+    "decode_client_op",
+    "encode",
+]
+
+MAX_RECV_IDS = 1000
+"""Most ids one ``recv`` may confirm: bounds the work one frame can ask for."""
+
+UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]
+Cid = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ItemId = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class Send(msgspec.Struct, tag="send", tag_field="op", frozen=True):
+    """``{"op":"send","to":...,"cid":...,"body":...}``."""
+
+    to: UserId
+    cid: Cid
+    body: msgspec.Raw
+
+
+class Recv(msgspec.Struct, tag="recv", tag_field="op", frozen=True):
+    """``{"op":"recv","ids":[...]}``: confirms delivery."""
+
+    ids: Annotated[list[ItemId], msgspec.Meta(max_length=MAX_RECV_IDS)]
+
+
+ClientOp = Send | Recv
+
+_decode_op = msgspec.json.Decoder(ClientOp).decode
+
+
+class _CidOnly(msgspec.Struct):
+    cid: Any = None
+
+
+_decode_cid = msgspec.json.Decoder(_CidOnly).decode
+
+
+def _cid_of(payload: bytes) -> str | None:
+    """The cid of a request that failed validation, for the error frame."""
+    try:
+        cid = _decode_cid(payload).cid
+    except msgspec.DecodeError:
+        return None
+    return cid if isinstance(cid, str) else None
+
+
+def decode_client_op(payload: bytes, max_body: int) -> ClientOp:
+    """Decode one text message from a client into an op.
+
+    ``payload`` is already known to be UTF-8 (the framing layer checked).
+    Raises ``RequestError``: ``bad_request`` for anything that is not a valid
+    op (not JSON, not an object, unknown op, a missing or mistyped field), with
+    msgspec's description of what is wrong; ``too_large`` for a body over
+    ``max_body``. The caller answers with an error frame and stays open.
+    """
+    try:
+        op = _decode_op(payload)
+    except msgspec.ValidationError as exc:
+        raise RequestError("bad_request", str(exc), _cid_of(payload)) from None
+    except msgspec.DecodeError as exc:
+        raise RequestError("bad_request", f"not valid JSON: {exc}") from None
+    if type(op) is Send and len(op.body) > max_body:
+        raise RequestError(
+            "too_large", f"body is {len(op.body)} bytes, the limit is {max_body}", op.cid
+        )
+    return op
+
+
+class Ack(msgspec.Struct, tag="ack", tag_field="op"):
+    cid: str
+    id: str
+    ts: int
+
+
+class Msg(msgspec.Struct, tag="msg", tag_field="op"):
+    id: str
+    sender: str = msgspec.field(name="from")
+    to: str = ""
+    ts: int = 0
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class Receipt(msgspec.Struct, tag="receipt", tag_field="op"):
+    id: str
+    ref: str
+    by: str
+    status: str
+    ts: int
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="op"):
+    cid: str | None
+    code: str
+    reason: str
+
+
+encode = msgspec.json.Encoder().encode
+"""Encode a server op, or any JSON value, to bytes."""
