@@ -15,7 +15,9 @@ _SERVE_HELP = {
     "host": "address to listen on",
     "port": "port to listen on",
     "data_dir": "where inboxes and the generated secret live",
-    "secret_file": "file holding the token-signing secret (else $ROOST_SECRET, else <data-dir>/secret)",
+    "secret_file": (
+        "file holding the token-signing secret (else $ROOST_SECRET, else <data-dir>/secret)"
+    ),
     "demo": "serve the demo chat page at / and tokens at /demo/token",
 }
 

@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import logging
 import time
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 import msgspec
 
 from roost import __version__
-from roost.auth import issue_token, is_user_id, verify_token
+from roost.auth import is_user_id, issue_token, verify_token
 from roost.config import Settings
 from roost.engine.loop import Engine
 from roost.engine.table import LOADING, OPEN, Conn
 from roost.errors import RequestError, StoreError
 from roost.proto.frames import CloseCode
 from roost.proto.handshake import Request, http_response, json_error
-from roost.proto.messages import Ack, ErrorFrame, Msg, Receipt, Send, decode_client_op, encode
+from roost.proto.messages import Ack, ErrorFrame, Msg, Receipt, Recv, Send, decode_client_op, encode
 from roost.store.base import INBOX_FULL, KIND_MSG, Confirm, Item, Load, Op, Put
 from roost.store.commit import GroupCommit
 
@@ -126,7 +126,7 @@ class Hub:
         if type(op) is Send:
             self.stats.messages_in += 1
             self.commit.add(Put(op.to, conn.user or "", bytes(op.body), (conn, op.cid)))
-        elif op.ids:
+        elif type(op) is Recv and op.ids:
             self.commit.add(Confirm(conn.user or "", op.ids))
 
     def _error(self, conn: Conn, cid: str | None, code: str, reason: str) -> None:

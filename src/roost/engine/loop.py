@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import select
@@ -256,7 +257,7 @@ class Engine:
             data = conn.rbuf + data
             conn.rbuf = None
         state = conn.state
-        if state == OPEN or state == LOADING:
+        if state in (OPEN, LOADING):
             self._read_frames(conn, data)
         elif state == HANDSHAKE:
             self._read_request(conn, data)
@@ -423,10 +424,8 @@ class Engine:
         self._closings.discard(conn)
         self._waiting.discard(fd)
         del self.table[fd]
-        try:
+        with contextlib.suppress(OSError):
             self._ep.unregister(fd)
-        except OSError:
-            pass
         os.close(fd)
         conn.fd = -1
         conn.rbuf = conn.wbuf = conn.partial = None

@@ -108,7 +108,8 @@ class SQLiteInboxStore:
         ts = time.time_ns() // 1_000_000
         item = Item(self._ids.next(ts), user, kind, sender, ref, ts, body)
         self._db.execute(
-            "INSERT INTO inbox (user, id, kind, sender, ref, ts, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inbox (user, id, kind, sender, ref, ts, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (user, item.id, kind, sender, ref, ts, body),
         )
         self._counts[user] = self._count(user) + 1
