@@ -9,9 +9,9 @@ import time
 
 import jwt
 import pytest
-from rawws import RawWS, http_exchange, upgrade_request
 from websockets.asyncio.client import connect
 
+from rawws import RawWS, http_exchange, upgrade_request
 from roost.auth import load_secret
 
 
@@ -34,8 +34,10 @@ def test_missing_token_is_401(server):  # type: ignore[no-untyped-def]
     ("make_token", "error"),
     [
         (lambda s: "not-a-jwt", "invalid token: "),
-        (lambda s: forged(s, {"sub": "alice"}, key=b"another secret, 32 bytes long....."),
-         "invalid token: Signature verification failed"),
+        (
+            lambda s: forged(s, {"sub": "alice"}, key=b"another secret, 32 bytes long....."),
+            "invalid token: Signature verification failed",
+        ),
         (lambda s: forged(s, {"sub": "alice", "exp": int(time.time()) - 10}), "token expired"),
         (lambda s: forged(s, {"user": "alice"}), "invalid token: bad sub"),
         (lambda s: forged(s, {"sub": "bad user!"}), "invalid token: bad sub"),
@@ -44,8 +46,17 @@ def test_missing_token_is_401(server):  # type: ignore[no-untyped-def]
         (lambda s: jwt.encode({"sub": "alice"}, None, algorithm="none"), "invalid token: "),
         (lambda s: forged(s, {"sub": "alice"}, alg="HS512"), "invalid token: "),
     ],
-    ids=["garbage", "forged", "expired", "no-sub", "bad-sub", "long-sub", "int-sub", "alg-none",
-         "alg-hs512"],
+    ids=[
+        "garbage",
+        "forged",
+        "expired",
+        "no-sub",
+        "bad-sub",
+        "long-sub",
+        "int-sub",
+        "alg-none",
+        "alg-hs512",
+    ],
 )
 def test_bad_tokens_are_401_and_not_upgraded(server, make_token, error):  # type: ignore[no-untyped-def]
     status, headers, body = upgrade(server, f"/ws?token={make_token(server)}")
@@ -90,14 +101,24 @@ def test_expiring_token_is_accepted_before_exp(server):  # type: ignore[no-untyp
     [
         (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404, "not found"),
         (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 400, "missing Upgrade: websocket"),
-        (b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400,
-         "a WebSocket upgrade must be a GET"),
+        (
+            b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            400,
+            "a WebSocket upgrade must be a GET",
+        ),
         (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", 400, "missing Connection: Upgrade"),
-        (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-         b"Sec-WebSocket-Version: 13\r\n\r\n", 400, "missing Sec-WebSocket-Key"),
-        (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n", 400,
-         "invalid Sec-WebSocket-Key"),
+        (
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+            400,
+            "missing Sec-WebSocket-Key",
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n",
+            400,
+            "invalid Sec-WebSocket-Key",
+        ),
         (b"GARBAGE\r\n\r\n", 400, "malformed request line"),
         (b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, "method not allowed"),
     ],

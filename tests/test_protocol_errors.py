@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from rawws import RawWS
 
+from rawws import RawWS
 from roost.proto.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 
 
@@ -164,7 +164,6 @@ def test_frames_sent_along_with_the_handshake_are_served(server):  # type: ignor
     import socket
 
     from rawws import upgrade_request
-
     from roost.proto.frames import encode_frame
 
     frame = encode_frame(
