@@ -93,7 +93,7 @@ def parse_request(
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
         raise HandshakeError(400, "malformed request line")
     method_b, target_b, _version = parts
-    if not method_b or not set(method_b) <= _TOKEN_CHARS:
+    if not method_b or not set(method_b) <= _TOKEN_CHARS or not target_b:
         raise HandshakeError(400, "malformed request line")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -105,7 +105,10 @@ def parse_request(
         text = value.strip(b" \t").decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     target = target_b.decode("latin-1")
-    split = urlsplit(target)
+    try:
+        split = urlsplit(target)
+    except ValueError:
+        raise HandshakeError(400, "malformed request target") from None
     query = dict(parse_qsl(split.query, keep_blank_values=True))
     consumed = end + 4
     body = b""
@@ -113,9 +116,10 @@ def parse_request(
         raise HandshakeError(411, "chunked bodies are not supported; send Content-Length")
     length_text = headers.get("content-length")
     if length_text is not None:
-        if not length_text.isdigit():
+        if not (length_text.isascii() and length_text.isdigit()):
             raise HandshakeError(400, "malformed Content-Length")
-        length = int(length_text)
+        # Past 18 digits it is over any limit; int() would refuse >4300 digits.
+        length = int(length_text) if len(length_text) <= 18 else max_body + 1
         if length > max_body:
             raise HandshakeError(413, f"body of {length} bytes, the limit is {max_body}")
         if len(data) - consumed < length:
@@ -151,7 +155,7 @@ def check_upgrade(request: Request) -> str:
         raise HandshakeError(400, "missing Sec-WebSocket-Key")
     try:
         raw = base64.b64decode(key, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
         raw = b""
     if len(raw) != 16:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
