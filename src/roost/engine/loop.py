@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import select
 import socket
@@ -51,6 +52,8 @@ from roost.proto.handshake import (
     parse_request,
     switching_protocols,
 )
+
+log = logging.getLogger("roost.engine")
 
 READ_SIZE = 262_144  # bytes per read: large reads are where batching starts
 MAX_EVENTS = 4_096  # sockets served per poll; the rest wait for the next turn
@@ -209,10 +212,15 @@ class Engine:
             conn = table.get(fd)
             if conn is None:
                 continue
-            if events & _EPOLLOUT:
-                self._write(conn)
-            if events & (_EPOLLIN | _EPOLL_ERR) and conn.fd >= 0:
-                self._read(conn)
+            try:
+                if events & _EPOLLOUT:
+                    self._write(conn)
+                if events & (_EPOLLIN | _EPOLL_ERR) and conn.fd >= 0:
+                    self._read(conn)
+            except Exception:
+                # A bug must cost one connection, not the worker.
+                log.exception("internal error on %r", conn)
+                self._fail(conn)
         self._flush()
 
     def _accept(self) -> None:
@@ -412,6 +420,16 @@ class Engine:
             self._drop(conn)
             return
         self._closings.add(conn, self._loop.time())
+
+    def _fail(self, conn: Conn) -> None:
+        """Close a connection after an internal error, telling the peer no
+        details (RFC 6455 §7.4.1: 1011; HTTP: 500)."""
+        if conn.state == HANDSHAKE:
+            self.send_http(conn, json_error(500, "internal error"))
+        elif conn.state in (LOADING, OPEN):
+            self.close(conn, CloseCode.INTERNAL_ERROR, "internal error")
+        else:
+            self._drop(conn)
 
     def _drop(self, conn: Conn) -> None:
         """Forget the connection and close its socket, now."""
