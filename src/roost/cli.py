@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=None, help="seconds until it expires")
     _add_settings_flags(token)
     token.set_defaults(func=_token)
+
+    from roost.doctor.command import add_parser as add_doctor
+
+    add_doctor(sub)
     return parser
 
 
