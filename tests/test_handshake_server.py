@@ -181,7 +181,8 @@ def test_slowloris_times_out_and_others_are_served(make_server):  # type: ignore
 
 
 def test_pending_handshake_cap_answers_503(make_server):  # type: ignore[no-untyped-def]
-    server = make_server("--max-pending-handshakes", "2")
+    # One worker: SO_REUSEPORT would spread the three connections over several.
+    server = make_server("--max-pending-handshakes", "2", "--workers", "1")
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
     # The backlog is FIFO: both idle sockets are accepted before this one.
     status, _, body = http_exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")

@@ -44,7 +44,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from roost.server import run
+    from roost.workers.supervisor import run
 
     return run(_settings(args))
 

@@ -22,6 +22,9 @@ class Settings:
     data_dir: Path = Path("roost-data")
     secret_file: Path | None = None
     demo: bool = False
+    workers: int = 0  # worker processes; 0 = one per CPU
+    max_connections: int = 1_000_000  # what the start-up preflight checks the limits against
+    accept_rate: int = 20_000  # connections accepted per second per worker
     max_body: int = 65_536  # bytes of a message body -> error too_large
     max_frame: int = 1_048_576  # bytes of a frame or reassembled message -> close 1009
     inbox_cap: int = 10_000  # unconfirmed items per user -> error inbox_full
@@ -40,12 +43,15 @@ class Settings:
     def validate(self) -> Settings:
         positive = (
             "port max_body max_frame inbox_cap max_outbuf max_header_bytes handshake_timeout "
+            "max_connections accept_rate "
             "max_pending_handshakes close_timeout keepalive_idle keepalive_interval "
             "keepalive_count backlog"
         )
         for name in positive.split():
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.workers < 0 or self.workers > 4095:
+            raise ConfigError("workers must be 0 (one per CPU) to 4095")
         if self.rate_limit < 0:
             raise ConfigError("rate_limit must be 0 (off) or positive")
         if not self.port < 65536:

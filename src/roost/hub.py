@@ -1,43 +1,66 @@
-"""The messaging layer: what protocol-v1 ops do.
+"""The messaging layer: what protocol-v1 ops do, on one worker among many.
 
 Rules:
-- A ``send`` becomes a ``Put`` in the current group-commit batch. Its ack and
-  its delivery both wait for the commit, so nothing is acked or delivered that
-  a crash could lose, and a delivered id is always a stored id.
-- A ``recv`` becomes a ``Confirm``: the items leave the inbox and receipts are
-  stored for the senders, in the same transaction.
+- Every user has one owner worker (workers.routing). The owner alone holds the
+  user's live connection and inbox. A connection authenticated elsewhere is
+  handed to the owner before the 101 is sent.
+- A ``send`` becomes a ``Put`` in the group-commit batch of the recipient's
+  owner: locally, or as a ``PUT`` over the link to the owner, which answers
+  ``ACKED``/``FAILED`` after its commit. Ack and delivery both wait for the
+  commit, so nothing is acked or delivered that a crash could lose.
+- A ``recv`` becomes a ``Confirm`` on the owner (the confirming user's
+  worker): the items leave the inbox and receipts are stored for the senders
+  in the same transaction, or put in the outbox when another worker owns the
+  sender, and forwarded until that worker says it has them.
 - A new connection is ``LOADING`` until its backlog (a ``Load`` in the batch
   stream) has been sent. Batches are handled strictly in commit order, so an
   item committed before the ``Load`` is in the backlog, and one committed
   after it is delivered live: no item is skipped and none is reordered.
 - One live connection per user: a newer one closes the older with 4001.
+- A request whose owner cannot be reached (restarting after a crash) fails
+  with ``internal`` and was not stored: the client sends it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
-from collections.abc import Callable
-from importlib import resources
+from itertools import count
 from typing import Any
 
 import msgspec
 
-from roost import __version__
-from roost.auth import is_user_id, issue_token, verify_token
+from roost.auth import verify_token
 from roost.config import Settings
 from roost.engine.loop import Engine
 from roost.engine.table import LOADING, OPEN, Conn
 from roost.errors import RequestError, StoreError
 from roost.proto.frames import CloseCode
-from roost.proto.handshake import Request, http_response, json_error
+from roost.proto.handshake import Request, json_error
 from roost.proto.messages import Ack, ErrorFrame, Msg, Receipt, Recv, Send, decode_client_op, encode
-from roost.store.base import INBOX_FULL, KIND_MSG, Confirm, Item, Load, Op, Put
+from roost.store.base import (
+    INBOX_FULL,
+    KIND_MSG,
+    ClearOutbox,
+    Confirm,
+    Item,
+    Load,
+    Op,
+    Outbound,
+    Put,
+    PutReceipt,
+)
 from roost.store.commit import GroupCommit
+from roost.workers import codec
+from roost.workers.links import Links
+from roost.workers.routing import owner_of
 
 log = logging.getLogger("roost.hub")
 
-DEMO_TOKEN_TTL = 24 * 3600  # seconds a demo-page token lives
+OUTBOX_RESEND_AFTER = 5.0  # seconds before an unanswered forwarded receipt is sent again
+UNAVAILABLE = "the recipient's worker is restarting; nothing was stored, send again"
 
 
 def item_frame(item: Item) -> bytes:
@@ -48,41 +71,48 @@ def item_frame(item: Item) -> bytes:
 
 
 class Stats:
-    """Counters for /healthz and, later, /metrics. Plain ints: cheap to bump."""
+    """Counters published to shared memory by the worker. Plain ints: cheap to bump."""
 
-    __slots__ = ("acks", "delivered", "errors", "messages_in", "receipts")
+    __slots__ = ("acks", "errors", "messages_in", "messages_out", "receipts")
 
     def __init__(self) -> None:
-        self.messages_in = 0  # send ops accepted for commit
+        self.messages_in = 0  # send ops accepted from this worker's clients
+        self.messages_out = 0  # inbox items written to live connections
         self.acks = 0  # acks sent
-        self.delivered = 0  # inbox items written to a live connection
         self.receipts = 0  # receipts stored
         self.errors = 0  # error frames sent
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
 
 class Hub:
-    def __init__(self, settings: Settings, secret: bytes) -> None:
+    def __init__(self, settings: Settings, secret: bytes, index: int = 0, workers: int = 1) -> None:
         self.settings = settings
         self.secret = secret
+        self.index = index  # this worker
+        self.workers = workers  # how many share the users
         self.online: dict[str, Conn] = {}  # user id -> their one live connection
         self.stats = Stats()
         self.engine: Engine
         self.commit: GroupCommit
-        self._routes: dict[str, Callable[[Request], bytes]] = {"/healthz": self._healthz}
-        self._demo_page = b""
-        if settings.demo:
-            self._demo_page = resources.files("roost.demo").joinpath("index.html").read_bytes()
-            self._routes["/"] = self._demo_page_route
-            self._routes["/demo/token"] = self._demo_token
+        self.links: Links
+        self.on_http = _no_http
+        self._refs = count(1)
+        # ref -> (owner worker, sender's connection, cid): sends awaiting a remote commit
+        self._remote_puts: dict[int, tuple[int, Conn, str]] = {}
+        # oid -> (receipt, when last sent): forwarded receipts awaiting RECEIPT_DONE
+        self._outbox: dict[int, tuple[Outbound, float]] = {}
 
-    def bind(self, engine: Engine, commit: GroupCommit) -> None:
+    def bind(self, engine: Engine, commit: GroupCommit, links: Links) -> None:
         self.engine = engine
         self.commit = commit
+        self.links = links
 
     # ---- connections -----------------------------------------------------
+
+    def owner(self, user: str) -> int:
+        return owner_of(user, self.workers) if self.workers > 1 else 0
+
+    def owns(self, user: str) -> bool:
+        return self.workers == 1 or owner_of(user, self.workers) == self.index
 
     def authenticate(self, request: Request) -> str:
         token = request.query.get("token")
@@ -91,6 +121,9 @@ class Hub:
             if scheme.lower() == "bearer":
                 token = value.strip()
         return verify_token(self.secret, token)
+
+    def hand_off(self, fd: int, user: str, key: str, leftover: bytes) -> None:
+        self.links.send(self.owner(user), (codec.HANDOFF, user, key, leftover), fd)
 
     def on_open(self, conn: Conn) -> None:
         user = conn.user
@@ -106,7 +139,7 @@ class Hub:
         if user is not None and self.online.get(user) is conn:
             del self.online[user]
 
-    # ---- ops ---------------------------------------------------------------
+    # ---- ops from clients ------------------------------------------------
 
     def on_text(self, conn: Conn, payload: bytes) -> None:
         limit = self.settings.rate_limit
@@ -123,21 +156,103 @@ class Hub:
         except RequestError as exc:
             self._error(conn, exc.cid, exc.code, exc.reason)
             return
+        user = conn.user or ""
         if type(op) is Send:
             self.stats.messages_in += 1
-            self.commit.add(Put(op.to, conn.user or "", bytes(op.body), (conn, op.cid)))
+            owner = self.owner(op.to)
+            if owner == self.index:
+                self.commit.add(Put(op.to, user, bytes(op.body), (conn, op.cid)))
+            else:
+                ref = next(self._refs)
+                self._remote_puts[ref] = (owner, conn, op.cid)
+                self.links.send(owner, (codec.PUT, ref, op.to, user, bytes(op.body)))
         elif type(op) is Recv and op.ids:
-            self.commit.add(Confirm(conn.user or "", op.ids))
+            self.commit.add(Confirm(user, op.ids))
 
     def _error(self, conn: Conn, cid: str | None, code: str, reason: str) -> None:
         self.stats.errors += 1
         self.engine.send_text(conn, encode(ErrorFrame(cid, code, reason)))
 
+    def _ack(self, conn: Conn, cid: str, item_id: str, ts: int) -> None:
+        self.stats.acks += 1
+        self.engine.send_text(conn, encode(Ack(cid, item_id, ts)))
+
     def _deliver(self, item: Item) -> None:
         conn = self.online.get(item.user)
         if conn is not None and conn.state == OPEN:
-            self.stats.delivered += 1
+            self.stats.messages_out += 1
             self.engine.send_text(conn, item_frame(item))
+
+    # ---- ops from other workers --------------------------------------------
+
+    def on_link_message(self, source: int, message: list[Any], fd: int | None) -> None:
+        kind = message[0]
+        if kind == codec.PUT:
+            _, ref, to, sender, body = message
+            self.commit.add(Put(to, sender, body, (source, ref)))
+        elif kind == codec.ACKED:
+            _, ref, item_id, ts = message
+            pending = self._remote_puts.pop(ref, None)
+            if pending is not None and pending[1].fd >= 0:
+                self._ack(pending[1], pending[2], item_id, ts)
+        elif kind == codec.FAILED:
+            _, ref, code, reason = message
+            pending = self._remote_puts.pop(ref, None)
+            if pending is not None and pending[1].fd >= 0:
+                self._error(pending[1], pending[2], code, reason)
+        elif kind == codec.HANDOFF:
+            _, user, key, leftover = message
+            assert fd is not None
+            self.engine.adopt(fd, user, key, leftover)
+        elif kind == codec.RECEIPT:
+            _, oid, user, by, ref, ts = message
+            self.commit.add(PutReceipt(user, by, ref, ts, (source, oid)))
+        elif kind == codec.RECEIPT_DONE:
+            oids = message[1]
+            for oid in oids:
+                self._outbox.pop(oid, None)
+            self.commit.add(ClearOutbox(oids))
+
+    def on_undeliverable(self, peer: int, messages: list[tuple[Any, ...]], fds: list[int]) -> None:
+        """Fail what could not reach ``peer``, explicitly and right away."""
+        fd_iter = iter(fds)
+        for message in messages:
+            kind = message[0]
+            if kind == codec.PUT:
+                pending = self._remote_puts.pop(message[1], None)
+                if pending is not None and pending[1].fd >= 0:
+                    self._error(pending[1], pending[2], "internal", UNAVAILABLE)
+            elif kind == codec.HANDOFF:
+                fd = next(fd_iter)
+                with contextlib.suppress(OSError):
+                    os.write(fd, json_error(503, "the user's worker is restarting; retry"))
+                os.close(fd)
+            # RECEIPTs stay in the outbox and are resent; answers to a worker
+            # that died are moot, its clients are gone with it.
+
+    def on_link_down(self, peer: int) -> None:
+        """The owner died: the sends it had not answered were not acked; fail them."""
+        for ref, (owner, conn, cid) in list(self._remote_puts.items()):
+            if owner == peer:
+                del self._remote_puts[ref]
+                if conn.fd >= 0:
+                    self._error(conn, cid, "internal", UNAVAILABLE)
+
+    def forward_outbox(self, entries: list[Outbound], now: float) -> None:
+        for entry in entries:
+            self._outbox[entry.oid] = (entry, now)
+            self.links.send(
+                self.owner(entry.user),
+                (codec.RECEIPT, entry.oid, entry.user, entry.by, entry.ref, entry.ts),
+            )
+
+    def resend_outbox(self, now: float) -> None:
+        """Forward again what has had no RECEIPT_DONE for a while (its owner
+        restarted, or the answer was lost with a link)."""
+        stale = [e for e, sent in self._outbox.values() if now - sent > OUTBOX_RESEND_AFTER]
+        self.forward_outbox(stale, now)
+
+    # ---- commits -----------------------------------------------------------
 
     def on_committed(self, ops: list[Op], results: list[Any] | StoreError) -> None:
         """Answer and deliver what one batch made durable, in commit order."""
@@ -145,59 +260,61 @@ class Hub:
             self._on_failed(ops, results)
             return
         engine = self.engine
+        receipts_done: dict[int, list[int]] = {}
         for op, result in zip(ops, results, strict=True):
-            kind = type(op)
-            if kind is Put:
-                conn, cid = op.ctx
+            if type(op) is Put:
+                origin, cid = op.ctx
                 if result is INBOX_FULL:
-                    self._error(conn, cid, "inbox_full", f"the inbox of {op.user} is full")
+                    reason = f"the inbox of {op.user} is full"
+                    if type(origin) is int:
+                        self.links.send(origin, (codec.FAILED, cid, "inbox_full", reason))
+                    else:
+                        self._error(origin, cid, "inbox_full", reason)
                     continue
-                self.stats.acks += 1
-                engine.send_text(conn, encode(Ack(cid, result.id, result.ts)))
+                if type(origin) is int:
+                    self.links.send(origin, (codec.ACKED, cid, result.id, result.ts))
+                else:
+                    self._ack(origin, cid, result.id, result.ts)
                 self._deliver(result)
-            elif kind is Confirm:
-                self.stats.receipts += len(result)
-                for receipt in result:
+            elif type(op) is Confirm:
+                receipts, outbound = result
+                self.stats.receipts += len(receipts)
+                for receipt in receipts:
                     self._deliver(receipt)
-            else:
+                if outbound:
+                    self.forward_outbox(outbound, time.monotonic())
+            elif type(op) is PutReceipt:
+                source, oid = op.ctx
+                receipts_done.setdefault(source, []).append(oid)
+                if result is not None:
+                    self.stats.receipts += 1
+                    self._deliver(result)
+            elif type(op) is Load:
                 conn = op.ctx
                 if conn.fd < 0 or conn.state != LOADING:
                     continue  # gone or replaced while its backlog was read
                 for item in result:
                     engine.send_text(conn, item_frame(item))
-                self.stats.delivered += len(result)
+                self.stats.messages_out += len(result)
                 conn.state = OPEN
+        for source, oids in receipts_done.items():
+            self.links.send(source, (codec.RECEIPT_DONE, oids))
 
     def _on_failed(self, ops: list[Op], error: StoreError) -> None:
         log.error("%s (%d ops not acked)", error, len(ops))
         for op in ops:
             if type(op) is Put:
-                conn, cid = op.ctx
-                self._error(conn, cid, "internal", "the message was not stored; send it again")
+                origin, cid = op.ctx
+                reason = "the message was not stored; send it again"
+                if type(origin) is int:
+                    self.links.send(origin, (codec.FAILED, cid, "internal", reason))
+                else:
+                    self._error(origin, cid, "internal", reason)
             elif type(op) is Load:
                 self.engine.close(op.ctx, CloseCode.INTERNAL_ERROR, "inbox unavailable")
             # A failed Confirm leaves the items in the inbox: they come again.
+            # A failed PutReceipt is not answered: its sender resends it.
 
-    # ---- plain HTTP ----------------------------------------------------------
 
-    def on_http(self, conn: Conn, request: Request) -> bytes | None:
-        route = self._routes.get(request.path)
-        if route is None:
-            return json_error(404, "not found")
-        if request.method != "GET":
-            return json_error(405, "method not allowed", (("Allow", "GET"),))
-        return route(request)
-
-    def _healthz(self, request: Request) -> bytes:
-        body = {"status": "ok", "version": __version__, "connections": len(self.online)}
-        return http_response(200, encode(body))
-
-    def _demo_page_route(self, request: Request) -> bytes:
-        return http_response(200, self._demo_page, "text/html; charset=utf-8")
-
-    def _demo_token(self, request: Request) -> bytes:
-        user = request.query.get("user", "")
-        if not is_user_id(user):
-            return json_error(400, "user must be 1-64 characters from [A-Za-z0-9._@-]")
-        token = issue_token(self.secret, user, DEMO_TOKEN_TTL)
-        return http_response(200, encode({"token": token, "user": user}))
+def _no_http(conn: Conn, request: Request) -> bytes | None:
+    return json_error(404, "not found")

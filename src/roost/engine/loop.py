@@ -59,6 +59,16 @@ READ_SIZE = 262_144  # bytes per read: large reads are where batching starts
 MAX_EVENTS = 4_096  # sockets served per poll; the rest wait for the next turn
 ACCEPTS_PER_TURN = 512  # so a connect storm cannot starve open connections
 SWEEP_INTERVAL = 0.5  # seconds between deadline sweeps
+HANDSHAKE_OUTCOMES = (
+    "upgraded",  # became a WebSocket connection on this worker
+    "handed_off",  # authenticated here, passed to the user's owner
+    "adopted",  # handed to this worker by another
+    "http",  # a plain HTTP request answered
+    "rejected",  # answered with an HTTP error (401, 400, 431, ...)
+    "timeout",  # request head not complete in time (408)
+    "overloaded",  # too many handshakes in progress (503)
+    "fd_limit",  # accept failed: out of file descriptors
+)
 
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
@@ -76,6 +86,15 @@ class Handler(Protocol):
     def on_http(self, conn: Conn, request: Request) -> bytes | None:
         """The answer to a plain HTTP request, or None to answer later with
         ``Engine.send_http``."""
+        ...
+
+    def owns(self, user: str) -> bool:
+        """Whether this worker owns ``user`` (workers.routing)."""
+        ...
+
+    def hand_off(self, fd: int, user: str, key: str, leftover: bytes) -> None:
+        """Pass an authenticated socket to the owner of ``user``; the handler
+        now owns ``fd``."""
         ...
 
     def on_open(self, conn: Conn) -> None: ...
@@ -120,7 +139,12 @@ class Engine:
         self.stats_bytes_in = 0
         self.stats_bytes_out = 0
         self.stats_slow_consumers = 0
-        self.stats_handshakes: dict[str, int] = {}  # outcome -> count
+        self.stats_handshakes = dict.fromkeys(HANDSHAKE_OUTCOMES, 0)
+        # Accept-rate limit: tokens refilled by the sweep; at zero the listener
+        # leaves the epoll set until the next refill, so a reconnect storm
+        # waits in the kernel's backlog instead of starving open connections.
+        self._accept_tokens = float(settings.accept_rate)
+        self._accept_paused = False
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -132,7 +156,8 @@ class Engine:
 
     def stop_accepting(self) -> None:
         if self._listener is not None:
-            self._ep.unregister(self._listener.fileno())
+            if not self._accept_paused:
+                self._ep.unregister(self._listener.fileno())
             self._listener.close()
             self._listener = None
 
@@ -226,7 +251,12 @@ class Engine:
     def _accept(self) -> None:
         assert self._listener is not None
         now = self._loop.time()
-        for _ in range(ACCEPTS_PER_TURN):
+        budget = min(ACCEPTS_PER_TURN, int(self._accept_tokens))
+        if budget <= 0:
+            self._pause_accepting()
+            return
+        self._accept_tokens -= budget
+        for _ in range(budget):
             try:
                 sock, _addr = self._listener.accept()
             except _RETRY:
@@ -248,6 +278,18 @@ class Engine:
                 self.send_http(conn, json_error(503, "too many pending handshakes"))
                 continue
             self._handshakes.add(conn, now)
+
+    def _pause_accepting(self) -> None:
+        if self._listener is not None and not self._accept_paused:
+            self._accept_paused = True
+            self._ep.unregister(self._listener.fileno())
+
+    def _refill_accept_tokens(self) -> None:
+        rate = self.settings.accept_rate
+        self._accept_tokens = min(float(rate), self._accept_tokens + rate * SWEEP_INTERVAL)
+        if self._accept_paused and self._listener is not None:
+            self._accept_paused = False
+            self._ep.register(self._listener.fileno(), _EPOLLIN)
 
     def _read(self, conn: Conn) -> None:
         try:
@@ -345,18 +387,42 @@ class Engine:
             key = check_upgrade(request)
             user = self.handler.authenticate(request)
         except HandshakeError as exc:
-            self._count_handshake(f"http_{exc.status}")
+            self._count_handshake("rejected")
             self.send_http(conn, json_error(exc.status, exc.reason, exc.headers))
             return
         self._handshakes.discard(conn)
+        if not self.handler.owns(user):
+            self._count_handshake("handed_off")
+            self._hand_off(conn, user, key, data[used:])
+            return
         self._count_handshake("upgraded")
+        self._upgrade(conn, user, key, data[used:])
+
+    def _upgrade(self, conn: Conn, user: str, key: str, leftover: bytes) -> None:
         conn.user = user
         conn.state = LOADING
         self._queue(conn, switching_protocols(key))
         self.handler.on_open(conn)
-        if used < len(data):
+        if leftover:
             # The client did not wait for our 101: its first frames came along.
-            self._read_frames(conn, data[used:])
+            self._read_frames(conn, leftover)
+
+    def _hand_off(self, conn: Conn, user: str, key: str, leftover: bytes) -> None:
+        """Give the socket to the user's owner, with the bytes read after the
+        request head; nothing has been written to it yet (the owner sends 101)."""
+        fd = conn.fd
+        del self.table[fd]
+        self._ep.unregister(fd)
+        conn.fd = -1
+        self.handler.hand_off(fd, user, key, leftover)
+
+    def adopt(self, fd: int, user: str, key: str, leftover: bytes) -> None:
+        """Take over a socket another worker authenticated for ``user``."""
+        self._count_handshake("adopted")
+        conn = Conn(fd)
+        self.table[fd] = conn
+        self._ep.register(fd, _EPOLLIN)
+        self._upgrade(conn, user, key, leftover)
 
     def _count_handshake(self, outcome: str) -> None:
         self.stats_handshakes[outcome] = self.stats_handshakes.get(outcome, 0) + 1
@@ -450,6 +516,7 @@ class Engine:
 
     def _sweep(self) -> None:
         now = self._loop.time()
+        self._refill_accept_tokens()
         for conn in self._handshakes.expired(now):
             self._count_handshake("timeout")
             self.send_http(conn, json_error(408, "handshake timeout"))

@@ -29,6 +29,8 @@ class Deadlines:
         return len(self._entries)
 
     def add(self, conn: Conn, now: float) -> None:
+        # Pop first: a reused fd must go to the back, where its deadline belongs.
+        self._entries.pop(conn.fd, None)
         self._entries[conn.fd] = (conn, now + self.timeout)
 
     def discard(self, conn: Conn) -> None:

@@ -29,7 +29,8 @@ __all__ = [
 MAX_RECV_IDS = 1000
 """Most ids one ``recv`` may confirm: bounds the work one frame can ask for."""
 
-UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]
+# \Z, not $: "$" also matches before a trailing newline, which would let "bob\n" in.
+UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}\Z")]
 Cid = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 ItemId = Annotated[str, msgspec.Meta(max_length=64)]
 
@@ -64,7 +65,7 @@ def _cid_of(payload: bytes) -> str | None:
     """The cid of a request that failed validation, for the error frame."""
     try:
         cid = _decode_cid(payload).cid
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     return cid if isinstance(cid, str) else None
 
@@ -84,6 +85,8 @@ def decode_client_op(payload: bytes, max_body: int) -> ClientOp:
         raise RequestError("bad_request", str(exc), _cid_of(payload)) from None
     except msgspec.DecodeError as exc:
         raise RequestError("bad_request", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("bad_request", "JSON nested too deeply", _cid_of(payload)) from None
     if type(op) is Send and len(op.body) > max_body:
         raise RequestError(
             "too_large", f"body is {len(op.body)} bytes, the limit is {max_body}", op.cid

@@ -48,11 +48,41 @@ class Put(NamedTuple):
 
 class Confirm(NamedTuple):
     """Remove confirmed items from ``user``'s inbox; for each removed message,
-    store a receipt for its sender. Result: the list of new receipt ``Item``s."""
+    store a receipt for its sender: here if this store owns the sender, else in
+    the outbox, to be forwarded to the sender's store. Result: a pair (new
+    receipt ``Item``s, new ``Outbound`` receipts)."""
 
     user: str
     ids: list[str]
     ctx: Any = None
+
+
+class PutReceipt(NamedTuple):
+    """Store a receipt forwarded by another store's outbox. Result: the
+    ``Item``, or None when this receipt was stored before (a resend)."""
+
+    user: str
+    by: str
+    ref: str
+    ts: int
+    ctx: Any = None
+
+
+class ClearOutbox(NamedTuple):
+    """Forget outbox entries that their destination has stored. Result: None."""
+
+    oids: list[int]
+    ctx: Any = None
+
+
+class Outbound(NamedTuple):
+    """A receipt waiting in the outbox for the store that owns ``user``."""
+
+    oid: int
+    user: str
+    by: str
+    ref: str
+    ts: int
 
 
 class Load(NamedTuple):
@@ -62,7 +92,7 @@ class Load(NamedTuple):
     ctx: Any = None
 
 
-Op = Put | Confirm | Load
+Op = Put | Confirm | Load | PutReceipt | ClearOutbox
 
 INBOX_FULL = "inbox_full"
 
@@ -72,6 +102,10 @@ class InboxStore(Protocol):
 
     def apply(self, ops: list[Op]) -> list[Any]:
         """Apply ``ops`` atomically; one result per op. Raises StoreError."""
+        ...
+
+    def outbox(self) -> list[Outbound]:
+        """Every receipt not yet stored by its destination, oldest first."""
         ...
 
     def close(self) -> None: ...

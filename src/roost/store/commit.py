@@ -14,12 +14,15 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from roost.errors import StoreError
 from roost.store.base import InboxStore, Op
+
+log = logging.getLogger("roost.store")
 
 DoneCallback = Callable[[list[Op], "list[Any] | StoreError"], None]
 
@@ -58,13 +61,20 @@ class GroupCommit:
     def _done(self, batch: list[Op], future: asyncio.Future[list[Any]]) -> None:
         self._in_flight = False
         exc = future.exception()
-        if exc is None:
-            self.batches += 1
-            self.ops += len(batch)
-            self._on_done(batch, future.result())
-        else:
-            error = exc if isinstance(exc, StoreError) else StoreError(f"inbox write failed: {exc}")
-            self._on_done(batch, error)
+        try:
+            if exc is None:
+                self.batches += 1
+                self.ops += len(batch)
+                self._on_done(batch, future.result())
+            else:
+                error = (
+                    exc if isinstance(exc, StoreError) else StoreError(f"inbox write failed: {exc}")
+                )
+                self._on_done(batch, error)
+        except Exception:
+            # The batch is committed; a bug in answering it must not stop
+            # every later batch.
+            log.exception("handling a committed batch failed")
         if self._pending:
             self._kick()
         else:
