@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/roost serve --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples fuzzing
+	$(BIN)/ruff format --check src tests bench examples fuzzing
 	$(BIN)/mypy
 
 test: $(STAMP) lint

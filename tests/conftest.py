@@ -5,6 +5,7 @@ Tests talk to it over real sockets; nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -55,7 +56,10 @@ class RoostServer:
         cmd = [sys.executable, "-m", "roost", "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            # Its own process group, so teardown can reach its workers too.
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -78,7 +82,19 @@ class RoostServer:
         return code
 
     def kill(self) -> None:
+        """kill -9 the supervisor; its workers die with it (PR_SET_PDEATHSIG)."""
+        assert self.proc is not None
+        pid = self.proc.pid
         self.stop(signal.SIGKILL)
+        # The workers are gone before the port is reused, as after a crash.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("workers outlived their supervisor")
 
     def restart(self) -> RoostServer:
         self.stop()
@@ -98,7 +114,9 @@ def make_server(tmp_path: Path) -> Iterator[type[RoostServer]]:
     yield make  # type: ignore[misc]
     for server in servers:
         if server.proc is not None:
-            server.stop(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
 
 
 @pytest.fixture

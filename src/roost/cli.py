@@ -73,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(token)
     token.set_defaults(func=_token)
 
+    from roost.bench.command import add_parser as add_bench
     from roost.doctor.command import add_parser as add_doctor
 
     add_doctor(sub)
+    add_bench(sub)
     return parser
 
 

@@ -131,7 +131,8 @@ class Engine:
         self._ep = select.epoll()
         self._listener: socket.socket | None = None
         self._dirty: list[Conn] = []  # connections with output for this turn's flush
-        self._waiting: set[int] = set()  # fds with output the socket would not take
+        # fd -> bytes queued, for sockets that would not take all their output
+        self._waiting: dict[int, int] = {}
         self._flush_scheduled = False
         self._handshakes = Deadlines(settings.handshake_timeout)
         self._closings = Deadlines(settings.close_timeout)
@@ -190,8 +191,10 @@ class Engine:
     # ---- output, for the handler -----------------------------------------
 
     def send_text(self, conn: Conn, payload: bytes) -> None:
-        """Queue one text message for this turn's flush."""
-        self._queue(conn, encode_frame(OP_TEXT, payload))
+        """Queue one text message for this turn's flush. Once a connection is
+        closing nothing more is queued for it: its close frame is last."""
+        if conn.state < CLOSING:
+            self._queue(conn, encode_frame(OP_TEXT, payload))
 
     def send_http(self, conn: Conn, response: bytes) -> None:
         """Answer a plain HTTP request, then close the connection."""
@@ -223,6 +226,13 @@ class Engine:
                 self._loop.call_soon(self._flush)
         else:
             conn.wbuf.append(data)
+            pending = self._waiting.get(conn.fd)
+            if pending is not None:
+                # Backpressured: count what piles up, since no write will.
+                pending += len(data)
+                self._waiting[conn.fd] = pending
+                if pending > self.settings.max_outbuf and conn.state < CLOSING:
+                    self._slow_consumer(conn)
 
     # ---- the loop turn ---------------------------------------------------
 
@@ -453,7 +463,7 @@ class Engine:
         if sent == len(data):
             conn.wbuf = None
             if fd in self._waiting:
-                self._waiting.discard(fd)
+                del self._waiting[fd]
                 self._ep.modify(fd, _EPOLLIN)
             if conn.state == FLUSH_CLOSE:
                 self._drop(conn)
@@ -461,19 +471,19 @@ class Engine:
                 self._linger(conn)
             return
         rest = data[sent:]
-        if len(rest) > self.settings.max_outbuf and conn.state < CLOSING:
-            self._slow_consumer(conn)
-            return
         conn.wbuf = [rest]
         if fd not in self._waiting:
-            self._waiting.add(fd)
             self._ep.modify(fd, _EPOLLIN | _EPOLLOUT)
+        self._waiting[fd] = len(rest)
+        if len(rest) > self.settings.max_outbuf and conn.state < CLOSING:
+            self._slow_consumer(conn)
 
     def _slow_consumer(self, conn: Conn) -> None:
-        """The reader fell more than ``max_outbuf`` behind: drop what is queued
-        (it stays in the inbox until confirmed) and close with 4008."""
+        """The reader fell more than ``max_outbuf`` behind: queue nothing more
+        for it, and close with 4008 after what is queued (which may start
+        with half a frame, so it cannot be cut). It has ``close_timeout`` to
+        read it; what it never gets stays in its inbox until confirmed."""
         self.stats_slow_consumers += 1
-        conn.wbuf = None
         self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
 
     def _linger(self, conn: Conn) -> None:
@@ -506,7 +516,7 @@ class Engine:
             self.handler.on_closed(conn)
         self._handshakes.discard(conn)
         self._closings.discard(conn)
-        self._waiting.discard(fd)
+        self._waiting.pop(fd, None)
         del self.table[fd]
         with contextlib.suppress(OSError):
             self._ep.unregister(fd)

@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from roost.workers.stats import SharedStats
 log = logging.getLogger("roost.supervisor")
 
 MAX_RESTART_DELAY = 5.0  # seconds
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_FATAL = 3  # a worker's status for "do not restart me": the same would fail again
 
 
@@ -65,6 +67,18 @@ def _preflight(settings: Settings, workers: int) -> None:
 
     for warning in preflight(settings.max_connections, workers):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this worker if the supervisor dies: an
+    orphaned worker would keep a share of the port that no one supervises.
+    A crash of the supervisor is then a crash of the whole server, which
+    loses nothing acked."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os._exit(1)
 
 
 class Supervisor:
@@ -128,6 +142,7 @@ class Supervisor:
             self.children[pid] = index
             return
         # The child: never return into the supervisor's code.
+        _die_with_parent()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         code = 1
