@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 SEEN_RECEIPTS_KEEP_MS = 7 * 86_400_000  # far longer than any resend can lag
 PRUNE_INTERVAL = 3600.0  # seconds between prunes of seen_receipts (a table scan)
 _COUNT_CACHE_MAX = 100_000  # users whose inbox size is remembered between batches
+_RECENT_MAX = 500_000  # unconfirmed items whose owner and sender are remembered
 
 
 class SQLiteInboxStore:
@@ -102,24 +103,74 @@ class SQLiteInboxStore:
         self._is_local = is_local
         self._pruned = float("-inf")  # monotonic time of the last seen_receipts prune
         self.items = self._db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
+        # item id -> (user, kind, sender) of items stored and not yet confirmed,
+        # so that a confirm, which usually follows its delivery closely, needs
+        # no read; bounded, dropped wholesale when full (a miss reads the row).
+        self._recent: dict[str, tuple[str, int, str]] = {}
+        self._next_oid = (self._db.execute("SELECT MAX(oid) FROM outbox").fetchone()[0] or 0) + 1
+        # Writes of the batch being applied, done with one executemany each.
+        self._inserts: list[tuple[Any, ...]] = []
+        self._deletes: list[tuple[str, str]] = []
+        self._deleting: set[tuple[str, str]] = set()  # the same, for lookups
+        self._outbox_rows: list[tuple[int, str, str, str, int]] = []
 
     def apply(self, ops: list[Op]) -> list[Any]:
+        """Apply ``ops`` in one transaction.
+
+        The ops are first walked in order in Python (ids, cap checks, receipt
+        decisions), collecting the writes; then each kind of write is one
+        ``executemany``. A ``Load`` reads the inbox as it was before the batch
+        and applies the batch's writes that precede it, so it sees exactly
+        what precedes it and nothing that follows.
+        """
         db = self._db
+        # (position, user, inserts before it, deletes before it)
+        loads: list[tuple[int, str, int, int]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            results = [self._apply_one(op) for op in ops]
+            results: list[Any] = []
+            for position, op in enumerate(ops):
+                if type(op) is Load:
+                    loads.append((position, op.user, len(self._inserts), len(self._deletes)))
+                    results.append(None)
+                else:
+                    results.append(self._apply_one(op))
+            for position, user, inserts, deletes in loads:
+                results[position] = self._load(user, inserts, deletes)
+            if self._inserts:
+                db.executemany(
+                    "INSERT INTO inbox (user, id, kind, sender, ref, ts, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    self._inserts,
+                )
+            if self._deletes:
+                db.executemany("DELETE FROM inbox WHERE user = ? AND id = ?", self._deletes)
+            if self._outbox_rows:
+                db.executemany(
+                    "INSERT INTO outbox (oid, user, by, ref, ts) VALUES (?, ?, ?, ?, ?)",
+                    self._outbox_rows,
+                )
             db.execute("COMMIT")
         except Exception as exc:
             # Whatever broke (SQLite, the disk, a bug), nothing of the batch
             # may stay behind half-applied, and nothing of it is acked.
             self._counts.clear()  # it counted writes that are rolled back
+            self._recent.clear()
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 self.items = db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
+                self._next_oid = (db.execute("SELECT MAX(oid) FROM outbox").fetchone()[0] or 0) + 1
             raise StoreError(f"inbox write failed: {exc}") from exc
+        finally:
+            self._inserts = []
+            self._deletes = []
+            self._deleting = set()
+            self._outbox_rows = []
         if len(self._counts) > _COUNT_CACHE_MAX:
             self._counts.clear()
+        if len(self._recent) > _RECENT_MAX:
+            self._recent.clear()
         return results
 
     def _apply_one(self, op: Op) -> Any:
@@ -131,18 +182,26 @@ class SQLiteInboxStore:
             return self._confirm(op.user, op.ids)
         if type(op) is PutReceipt:
             return self._put_receipt(op)
-        if type(op) is ClearOutbox:
-            self._db.executemany("DELETE FROM outbox WHERE oid = ?", [(o,) for o in op.oids])
-            return None
-        assert type(op) is Load
+        assert type(op) is ClearOutbox
+        self._db.executemany("DELETE FROM outbox WHERE oid = ?", [(o,) for o in op.oids])
+        return None
+
+    def _load(self, user: str, inserts: int, deletes: int) -> list[Item]:
+        """``user``'s inbox after the first ``inserts`` and ``deletes`` of the
+        batch; called before the batch's writes reach the database. Items of
+        the batch have higher ids than any stored, so they go last."""
+        gone = {item_id for who, item_id in self._deletes[:deletes] if who == user}
         rows = self._db.execute(
             "SELECT id, kind, sender, ref, ts, body FROM inbox WHERE user = ? ORDER BY id",
-            (op.user,),
+            (user,),
         ).fetchall()
-        self._counts[op.user] = len(rows)
-        return [Item(r[0], op.user, r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        rows += [r[1:] for r in self._inserts[:inserts] if r[0] == user]
+        return [Item(r[0], user, r[1], r[2], r[3], r[4], r[5]) for r in rows if r[0] not in gone]
 
     def _count(self, user: str) -> int:
+        """Items in ``user``'s inbox, this batch's writes included. The first
+        call for a user reads before any of the batch's writes for them are
+        collected (every write path calls this first), so the count is exact."""
         n = self._counts.get(user)
         if n is None:
             n = self._db.execute("SELECT COUNT(*) FROM inbox WHERE user = ?", (user,)).fetchone()[0]
@@ -158,14 +217,11 @@ class SQLiteInboxStore:
         body: bytes,
         ts: int | None = None,
     ) -> Item:
-        count = self._count(user)  # before the insert, which COUNT(*) would see
+        count = self._count(user)
         now = time.time_ns() // 1_000_000
         item = Item(self._ids.next(now), user, kind, sender, ref, now if ts is None else ts, body)
-        self._db.execute(
-            "INSERT INTO inbox (user, id, kind, sender, ref, ts, body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (user, item.id, kind, sender, ref, item.ts, body),
-        )
+        self._inserts.append((user, item.id, kind, sender, ref, item.ts, body))
+        self._recent[item.id] = (user, kind, sender)
         self._counts[user] = count + 1
         self.items += 1
         return item
@@ -184,32 +240,45 @@ class SQLiteInboxStore:
             return None  # a resend of one stored before
         return self._insert(op.user, KIND_RECEIPT, op.by, op.ref, b"", op.ts)
 
+    def _lookup(self, user: str, item_id: str) -> tuple[int, str] | None:
+        """(kind, sender) of ``user``'s unconfirmed item, and forget it: a
+        second confirm of the same id, even in the same batch, finds nothing."""
+        entry = self._recent.pop(item_id, None)
+        if entry is not None:
+            if entry[0] == user:
+                return entry[1], entry[2]
+            self._recent[item_id] = entry  # someone else's id: not ours to confirm
+            return None
+        if (user, item_id) in self._deleting:
+            return None
+        row = self._db.execute(
+            "SELECT kind, sender FROM inbox WHERE user = ? AND id = ?", (user, item_id)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
     def _confirm(self, user: str, ids: list[str]) -> tuple[list[Item], list[Outbound]]:
         receipts: list[Item] = []
         outbound: list[Outbound] = []
+        count = self._count(user)
         for item_id in ids:
-            row = self._db.execute(
-                "DELETE FROM inbox WHERE user = ? AND id = ? RETURNING kind, sender",
-                (user, item_id),
-            ).fetchone()
-            if row is None:
-                continue  # already confirmed: recv is idempotent
-            if user in self._counts:
-                self._counts[user] -= 1
+            found = self._lookup(user, item_id)
+            if found is None:
+                continue  # unknown or already confirmed: recv is idempotent
+            self._deletes.append((user, item_id))
+            self._deleting.add((user, item_id))
+            count -= 1
             self.items -= 1
-            kind, sender = row
+            kind, sender = found
             if kind != KIND_MSG:
                 continue
             if self._is_local(sender):
                 receipts.append(self._insert(sender, KIND_RECEIPT, user, item_id, b""))
             else:
-                ts = time.time_ns() // 1_000_000
-                cursor = self._db.execute(
-                    "INSERT INTO outbox (user, by, ref, ts) VALUES (?, ?, ?, ?)",
-                    (sender, user, item_id, ts),
-                )
-                assert cursor.lastrowid is not None
-                outbound.append(Outbound(cursor.lastrowid, sender, user, item_id, ts))
+                entry = Outbound(self._next_oid, sender, user, item_id, time.time_ns() // 1_000_000)
+                self._next_oid += 1
+                self._outbox_rows.append(entry)
+                outbound.append(entry)
+        self._counts[user] = count
         return receipts, outbound
 
     def outbox(self) -> list[Outbound]:
