@@ -30,8 +30,6 @@ import time
 from itertools import count
 from typing import Any
 
-import msgspec
-
 from roost.auth import verify_token
 from roost.config import Settings
 from roost.engine.loop import Engine
@@ -39,7 +37,16 @@ from roost.engine.table import LOADING, OPEN, Conn
 from roost.errors import RequestError, StoreError
 from roost.proto.frames import CloseCode
 from roost.proto.handshake import Request, json_error
-from roost.proto.messages import Ack, ErrorFrame, Msg, Receipt, Recv, Send, decode_client_op, encode
+from roost.proto.messages import (
+    ErrorFrame,
+    Recv,
+    Send,
+    decode_client_op,
+    encode,
+    encode_ack,
+    encode_msg,
+    encode_receipt,
+)
 from roost.store.base import (
     INBOX_FULL,
     KIND_MSG,
@@ -66,8 +73,8 @@ UNAVAILABLE = "the recipient's worker is restarting; nothing was stored, send ag
 def item_frame(item: Item) -> bytes:
     """The JSON payload that delivers an inbox item."""
     if item.kind == KIND_MSG:
-        return encode(Msg(item.id, item.sender, item.user, item.ts, msgspec.Raw(item.body)))
-    return encode(Receipt(item.id, item.ref or "", item.sender, "delivered", item.ts))
+        return encode_msg(item.id, item.sender, item.user, item.ts, item.body)
+    return encode_receipt(item.id, item.ref or "", item.sender, item.ts)
 
 
 class Stats:
@@ -175,7 +182,7 @@ class Hub:
 
     def _ack(self, conn: Conn, cid: str, item_id: str, ts: int) -> None:
         self.stats.acks += 1
-        self.engine.send_text(conn, encode(Ack(cid, item_id, ts)))
+        self.engine.send_text(conn, encode_ack(cid, item_id, ts))
 
     def _deliver(self, item: Item) -> None:
         conn = self.online.get(item.user)

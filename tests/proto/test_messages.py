@@ -382,3 +382,34 @@ def test_encoded_ops_do_not_decode_as_client_ops():
 def test_encode_plain_json_values():
     assert encode({"error": "not found"}) == b'{"error":"not found"}'
     assert encode(["é"]) == '["é"]'.encode()
+
+
+# ---- fast encoders: byte for byte what the Structs encode ----------------------------
+
+
+@pytest.mark.parametrize("cid", ["c1", 'quote " and \\ backslash', "é ünïcode", "\n\t\x00"])
+def test_encode_ack_matches_the_struct(cid):
+    from roost.proto.messages import Ack, encode_ack
+
+    assert encode_ack(cid, "01a218c479d300000000", 1795711859155) == encode(
+        Ack(cid, "01a218c479d300000000", 1795711859155)
+    )
+
+
+@pytest.mark.parametrize("body", [b"1", b'{"text": "hi \\u00e9"}', b'[1, {"a": null}]', b'"x"'])
+def test_encode_msg_matches_the_struct(body):
+    import msgspec
+
+    from roost.proto.messages import Msg, encode_msg
+
+    expected = encode(Msg("01a218c479d300000000", "al.ice@x", "b_o-b", 5, msgspec.Raw(body)))
+    assert encode_msg("01a218c479d300000000", "al.ice@x", "b_o-b", 5, body) == expected
+
+
+def test_encode_receipt_matches_the_struct():
+    from roost.proto.messages import Receipt, encode_receipt
+
+    expected = encode(
+        Receipt("01a218c479d300000001", "01a218c479d300000000", "bob", "delivered", 7)
+    )
+    assert encode_receipt("01a218c479d300000001", "01a218c479d300000000", "bob", 7) == expected

@@ -23,7 +23,7 @@ KIND_MSG = 0
 KIND_RECEIPT = 1
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Item:
     """One inbox item, as stored and as delivered."""
 
