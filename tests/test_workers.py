@@ -299,3 +299,15 @@ def test_preflight_warns_at_start(make_server):  # type: ignore[no-untyped-def]
     log = server.log.read_text()
     assert "warning: fail: RLIMIT_NOFILE" in log
     assert "Fix: --workers" in log
+
+
+def test_a_connect_burst_over_the_accept_rate_waits_and_is_served(make_server):  # type: ignore[no-untyped-def]
+    """The accept-rate limit defers connections to the kernel backlog; it
+    refuses none."""
+    server = make_server("--workers", "1", "--accept-rate", "10")
+    clients = [RawWS(server.port, server.token(f"burst{i}")) for i in range(40)]
+    assert all(c.status == 101 for c in clients)
+    for client in clients:
+        client.close()
+    wait_for(lambda: stats(server)["totals"]["handshakes_upgraded"] == 40, "40 upgrades")
+    assert stats(server)["totals"]["handshakes_overloaded"] == 0

@@ -265,7 +265,6 @@ class Engine:
         if budget <= 0:
             self._pause_accepting()
             return
-        self._accept_tokens -= budget
         for _ in range(budget):
             try:
                 sock, _addr = self._listener.accept()
@@ -273,11 +272,14 @@ class Engine:
                 return
             except OSError as exc:
                 # EMFILE/ENFILE: out of descriptors. Leave the rest in the
-                # backlog; roost doctor explains the limit.
+                # backlog until the next sweep (a level-triggered listener
+                # would otherwise spin); roost doctor explains the limit.
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._count_handshake("fd_limit")
+                    self._pause_accepting()
                     return
                 continue
+            self._accept_tokens -= 1
             fd = sock.detach()
             os.set_blocking(fd, False)
             conn = Conn(fd)
