@@ -31,7 +31,7 @@ relay() {
 }
 
 idle100k() {
-    roost bench idle --spawn-server --target roost --workers 8 --connections 100000 \
+    roost bench idle --spawn-server --target roost --workers 8 --connections 100000 --warmup 4000 \
         --hold 10 --quiet --json "$out/idle-100k-roost-w8.json"
     roost doctor --connections 100000 --workers 8 --local-loadgen --json \
         > "$out/doctor-100k-w8.json" || true

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import secrets
@@ -108,6 +109,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "127.1.x.y, one per 2,000 connections; 'none' lets the kernel choose)",
     )
     g.add_argument("--max-pending", type=int, default=512, help="handshakes in flight per process")
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="open and close N connections before measuring (one-time growth stays out)",
+    )
     g.add_argument("--handshake-timeout", type=float, default=10.0, help="seconds")
     g = common.add_argument_group("output")
     g.add_argument(
@@ -264,6 +272,18 @@ def run(args: argparse.Namespace) -> int:
                 url, secret = args.url, _secret(args)
                 pids = args.server_pid
             plan = make_plan(args, url, secret)
+            if args.warmup:
+                # Open and close some connections first, so that one-time
+                # growth (allocator arenas, caches, every worker's first
+                # handoff) is in the baseline, not in the per-connection figure.
+                warmup = dataclasses.replace(
+                    plan,
+                    scenario="idle",
+                    connections=args.warmup,
+                    processes=1,
+                    run_id=plan.run_id + "w",
+                )
+                execute(warmup, hold=0.1)
             target = Target.from_url(url)
             local = target.is_loopback
             if local and not pids:
