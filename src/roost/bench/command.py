@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
                     kernel=local,
                     display=display,
                 )
-        extra = {"command": "roost bench " + " ".join(sys.argv[1:]) if sys.argv else None}
+        extra = {"command": "roost " + " ".join(sys.argv[1:]) if sys.argv else None}
         if args.spawn_server:
             extra["server_command"] = " ".join(server.command)
         result = report.build(outcome, args.target, extra)

@@ -34,6 +34,7 @@ SETTLE = 0.5
 HELLO_TIMEOUT = 30.0
 PRIME_TIMEOUT = 30.0
 DONE_TIMEOUT = 60.0
+CLOSES_PER_S_AT_WORST = 2_000.0  # connections a starved machine closes per second
 
 
 class WorkerDied(LocalError):
@@ -209,11 +210,19 @@ class _Run:
 
     def stop_workers(self) -> None:
         self.broadcast("stop")
-        deadline = time.monotonic() + DONE_TIMEOUT + self.plan.drain
+        # A load generator holding many connections on a busy machine takes a
+        # while to finish; until it has, its pipe must be read, or it blocks
+        # writing its results and never exits.
+        deadline = (
+            time.monotonic()
+            + DONE_TIMEOUT
+            + self.plan.drain
+            + self.plan.connections / CLOSES_PER_S_AT_WORST
+        )
         while len(self.done) < self.plan.processes and time.monotonic() < deadline:
             self.pump(deadline - time.monotonic())
         for proc in self.procs:
-            proc.join(5)
+            proc.join(5 if len(self.done) == self.plan.processes else 0.1)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
