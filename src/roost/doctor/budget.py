@@ -37,19 +37,19 @@ from typing import Any
 from roost.doctor.limits import PAGE_SIZE, Target, Verdict
 from roost.doctor.procfs import Proc, ProcError
 
-ROOST_BYTES_PER_CONN_DEFAULT = 512
-"""User-space bytes per idle authenticated connection, from BENCHMARKS.md: the engine's
-budget (RSS growth of all roost processes / connections at 100k on 8 workers). Override it
-with `--roost-bytes` once a newer figure is measured."""
+ROOST_BYTES_PER_CONN_DEFAULT = 301
+"""User-space bytes per idle authenticated connection, from BENCHMARKS.md: RSS growth of all
+roost processes / connections at 100,000 connections on 8 workers (`roost bench idle
+--workers 8 --connections 100000 --warmup 4000`). Override it with `--roost-bytes`."""
 
 KERNEL_BYTES_PER_SOCKET_DEFAULT = 5000
 """Used with --no-measure or when the measurement fails: NOTES.md measured Slab growth of
 ~10 KB per idle loopback pair (two sockets) at 204,000 pairs on this machine kind."""
 
-WORKER_BASE_BYTES_DEFAULT = 24 * 2**20
-"""RSS of one worker before its first connection: a Python 3.11 interpreter with asyncio,
-uvloop, msgspec, sqlite3 and psutil imported measured 24 MiB here. Forked workers share part
-of it copy-on-write, so this is an upper bound."""
+WORKER_BASE_BYTES_DEFAULT = 43 * 2**20
+"""RSS of one worker process before its first connection, from BENCHMARKS.md: a supervisor
+and 8 workers held 390 MB (43 MiB each) after start-up and a warm-up. Forked workers share
+part of it copy-on-write, so the sum of RSS, counted here, is an upper bound."""
 
 MEMORY_HEADROOM = 0.8
 """Warn above this share of MemAvailable: the rest is for buffers under load (tcp_mem),

@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_count,
         default=WORKER_BASE_BYTES_DEFAULT,
         metavar="B",
-        help="memory of one worker before connections (default 24 MiB)",
+        help="memory of one worker before connections "
+        f"(default {WORKER_BASE_BYTES_DEFAULT // 2**20} MiB, from BENCHMARKS.md)",
     )
     parser.add_argument(
         "--local-loadgen",
