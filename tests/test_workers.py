@@ -209,8 +209,10 @@ def test_slow_consumer_is_closed_4008_and_keeps_its_items(make_server):  # type:
     server = make_server(
         "--workers", "1", "--max-outbuf", "65536", "--close-timeout", "60", "--rate-limit", "0"
     )
-    slow = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    slow.settimeout(TIMEOUT)
+    slow.connect(("127.0.0.1", server.port))
     slow.sendall(upgrade_request(f"/ws?token={server.token('sloth')}"))
     rss_before = stats(server)["workers"][0]["rss_bytes"]
     body = "x" * 4000
@@ -233,7 +235,9 @@ def test_slow_consumer_is_closed_4008_and_keeps_its_items(make_server):  # type:
     # The cap is 64 KiB; 12 MB went to this reader. The worker held on to a
     # bounded amount, not the 12 MB.
     assert rss_after - rss_before < 8_000_000
-    # Now it reads: its backlog up to the cap, then the 4008 close.
+    # Now it reads (with a window that lets it catch up quickly): what was
+    # queued for it, then the 4008 close.
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 2**20)
     reader = RawWS.__new__(RawWS)
     reader.sock, reader.buf = slow, b""
     from collections import deque
