@@ -6,15 +6,15 @@
 #   nohup bench/c1m.sh > c1m.log 2>&1 &
 # Environment: N (connections, default 1000000), WORKERS (server workers,
 # default enough to stay under RLIMIT_NOFILE), DURATION (seconds of load
-# after the ramp, default 180), CONNECT_RATE (connects/s, default 8000).
+# after the ramp, default 120), CONNECT_RATE (connects/s, default 6000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-1000000}
 nofile=$(ulimit -n)
 WORKERS=${WORKERS:-$(( (N + nofile - 1000 - 1) / (nofile - 1000) + 2 ))}
-DURATION=${DURATION:-180}
-CONNECT_RATE=${CONNECT_RATE:-8000}
+DURATION=${DURATION:-120}
+CONNECT_RATE=${CONNECT_RATE:-6000}
 RATE=$(( N / 60 ))  # one message per connection per minute
 out=bench/results
 mkdir -p "$out"
@@ -25,6 +25,7 @@ roost doctor --connections "$N" --workers "$WORKERS" --local-loadgen --no-measur
 roost bench relay --spawn-server --target roost --workers "$WORKERS" \
     --server-arg=--max-connections --server-arg="$N" \
     --connections "$N" --connect-rate "$CONNECT_RATE" \
+    --processes "$(( (N + nofile - 1000 - 1) / (nofile - 1000) ))" \
     --rate "$RATE" --message-bytes 512 --window 4 \
     --duration "$DURATION" --drain 30 \
     --json "$out/c1m.json" --plot "$out/c1m.png" --quiet
