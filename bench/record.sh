@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measures every figure of BENCHMARKS.md, roost and its peers in one run,
 # on this machine; JSON results land in bench/results/. Takes ~10 minutes.
-# Usage: bench/record.sh [idle|relay|idle100k|all]
+# Usage: bench/record.sh [idle|relay|idle100k|group|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results
@@ -37,9 +37,15 @@ idle100k() {
         > "$out/doctor-100k-w8.json" || true
 }
 
+group() {
+    python bench/group_fanout.py --members 10000 --online 5000 --workers 2 --messages 10 \
+        --gap 0.5 --json "$out/group-fanout-10k.json"
+}
+
 case "$what" in
     idle) idle ;;
     relay) relay ;;
     idle100k) idle100k ;;
-    all) idle; relay; idle100k ;;
+    group) group ;;
+    all) idle; relay; idle100k; group ;;
 esac

@@ -33,7 +33,7 @@ def expect_close(ws: RawWS, code: int) -> str:
         (b"[1, 2]", None, "Expected `object`"),
         (b'{"op": "dance", "cid": "c9"}', "c9", "Invalid value 'dance'"),
         (b'{"cid": "c8"}', "c8", "missing required field `op`"),
-        (b'{"op": "send", "cid": "c7", "body": 1}', "c7", "missing required field `to`"),
+        (b'{"op": "send", "cid": "c7", "body": 1}', "c7", 'exactly one of "to" and "group"'),
         (b'{"op": "send", "to": "bob", "body": 1}', None, "missing required field `cid`"),
         (b'{"op": "send", "to": "b b", "cid": "c6", "body": 1}', "c6", "$.to"),
         (b'{"op": "send", "to": "bob", "cid": 5, "body": 1}', None, "$.cid"),

@@ -61,11 +61,19 @@ def verify_token(secret: bytes, token: str | None) -> str:
     return str(sub)
 
 
-def load_secret(data_dir: Path, secret_file: Path | None = None) -> bytes:
+def load_secret(
+    data_dir: Path,
+    secret_file: Path | None = None,
+    *,
+    env: str = "ROOST_SECRET",
+    name: str = "secret",
+) -> bytes:
     """The HMAC secret: ``secret_file``, else $ROOST_SECRET, else ``<data_dir>/secret``.
 
     The last is generated on first use with mode 0600 and reused afterwards, so
-    tokens survive restarts.
+    tokens survive restarts. ``env`` and ``name`` give the other keys the same
+    rule: the backend API key (ROOST_API_KEY, ``api-key``) and the push
+    webhook's signing key (ROOST_PUSH_SECRET, ``push-secret``).
     """
     if secret_file is not None:
         try:
@@ -75,10 +83,10 @@ def load_secret(data_dir: Path, secret_file: Path | None = None) -> bytes:
         if not value:
             raise ConfigError(f"secret file {secret_file} is empty")
         return value
-    env = os.environ.get("ROOST_SECRET")
-    if env:
-        return env.encode()
-    path = data_dir / "secret"
+    from_env = os.environ.get(env)
+    if from_env:
+        return from_env.encode()
+    path = data_dir / name
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
@@ -89,3 +97,15 @@ def load_secret(data_dir: Path, secret_file: Path | None = None) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(value + b"\n")
     return value
+
+
+def load_api_key(data_dir: Path, key_file: Path | None = None) -> bytes:
+    """The backend API's bearer key: ``key_file``, else $ROOST_API_KEY, else
+    ``<data_dir>/api-key`` (generated once, mode 0600)."""
+    return load_secret(data_dir, key_file, env="ROOST_API_KEY", name="api-key")
+
+
+def load_push_secret(data_dir: Path, secret_file: Path | None = None) -> bytes:
+    """The push webhook's HMAC key: ``secret_file``, else $ROOST_PUSH_SECRET,
+    else ``<data_dir>/push-secret`` (generated once, mode 0600)."""
+    return load_secret(data_dir, secret_file, env="ROOST_PUSH_SECRET", name="push-secret")

@@ -19,6 +19,14 @@ _SERVE_HELP = {
         "file holding the token-signing secret (else $ROOST_SECRET, else <data-dir>/secret)"
     ),
     "demo": "serve the demo chat page at / and tokens at /demo/token",
+    "api_key_file": (
+        "file holding the backend API key (else $ROOST_API_KEY, else <data-dir>/api-key)"
+    ),
+    "push_webhook": "URL to POST push notifications to, for items stored for offline users",
+    "push_secret_file": (
+        "file holding the webhook signing key"
+        " (else $ROOST_PUSH_SECRET, else <data-dir>/push-secret)"
+    ),
 }
 
 

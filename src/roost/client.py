@@ -71,6 +71,7 @@ class Message:
     to: str
     ts: int
     body: Any
+    group: str | None = None  # the group it was sent to; None for a 1:1 message
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,7 @@ class Client:
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
         self._pending: dict[str, asyncio.Future[Ack]] = {}
+        self._presence: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._items: asyncio.Queue[Item | _Closed] = asyncio.Queue()
         # Generated cids: a random prefix keeps them unique across reconnects of
         # the same user, so a late ack can never be mistaken for another send's.
@@ -160,6 +162,31 @@ class Client:
         server could not read arrives with ``cid: null`` and lands in
         :attr:`errors` instead).
         """
+        return await self._send({"op": "send", "to": to}, body, cid, timeout)
+
+    async def send_group(
+        self, group: str, body: Any, cid: str | None = None, *, timeout: float | None = 30.0
+    ) -> Ack:
+        """Send ``body`` to every member of ``group`` but us; the ack means it
+        is durable for all of them. Raises as :meth:`send` does (``forbidden``
+        when we are not a member)."""
+        return await self._send({"op": "send", "group": group}, body, cid, timeout)
+
+    async def presence(self, users: Iterable[str], *, timeout: float | None = 30.0) -> Any:
+        """``{user: {"online": bool, "last_seen": ms or None}}`` for up to 256 users."""
+        cid = next(self._cids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._presence[cid] = fut
+        try:
+            await self._send_frame({"op": "presence", "users": list(users), "cid": cid})
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._presence.pop(cid, None)
+
+    async def _send(
+        self, frame: dict[str, Any], body: Any, cid: str | None, timeout: float | None
+    ) -> Ack:
         if cid is None:
             cid = next(self._cids)
         if cid in self._pending:
@@ -169,7 +196,7 @@ class Client:
         fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
         try:
-            await self._send_frame({"op": "send", "to": to, "cid": cid, "body": body})
+            await self._send_frame({**frame, "cid": cid, "body": body})
             async with asyncio.timeout(timeout):
                 return await fut
         finally:
@@ -237,7 +264,9 @@ class Client:
             await self._ws.close(1002, "malformed frame")
         finally:
             failure = self._closed_error()
-            for fut in self._pending.values():
+            waiting: list[asyncio.Future[Any]] = [*self._pending.values()]
+            waiting += self._presence.values()
+            for fut in waiting:
                 if not fut.done():
                     fut.set_exception(failure)
             self._items.put_nowait(_CLOSED)
@@ -246,7 +275,14 @@ class Client:
         op = frame["op"]
         if op == "msg":
             self._items.put_nowait(
-                Message(frame["id"], frame["from"], frame["to"], frame["ts"], frame["body"])
+                Message(
+                    frame["id"],
+                    frame["from"],
+                    frame["to"],
+                    frame["ts"],
+                    frame["body"],
+                    frame.get("group"),
+                )
             )
         elif op == "receipt":
             self._items.put_nowait(
@@ -256,11 +292,18 @@ class Client:
             fut = self._pending.get(frame["cid"])
             if fut is not None and not fut.done():
                 fut.set_result(Ack(frame["cid"], frame["id"], frame["ts"]))
+        elif op == "presence":
+            waiting = self._presence.get(frame.get("cid", ""))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(frame["users"])
         elif op == "error":
             error = ServerError(frame["code"], frame["reason"], frame.get("cid"))
             fut = self._pending.get(error.cid) if error.cid is not None else None
+            presence = self._presence.get(error.cid) if error.cid is not None else None
             if fut is not None and not fut.done():
                 fut.set_exception(error)
+            elif presence is not None and not presence.done():
+                presence.set_exception(error)
             else:
                 self.errors.append(error)
         # Unknown ops are ignored: later protocol versions may add server ops,

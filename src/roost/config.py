@@ -39,13 +39,22 @@ class Settings:
     keepalive_count: int = 4  # unanswered probes before the kernel drops the peer
     backlog: int = 4_096  # listen() backlog, capped by net.core.somaxconn
     fsync: str = "full"  # "full": acked = on disk; "normal": acked = survives kill -9
+    api_key_file: Path | None = None  # else $ROOST_API_KEY, else <data_dir>/api-key
+    group_max_members: int = 100_000  # members one group may hold -> 400
+    push_webhook: str | None = None  # URL POSTed for items stored for offline users; None = off
+    push_secret_file: Path | None = None  # else $ROOST_PUSH_SECRET, else <data_dir>/push-secret
+    push_window: float = 0.2  # seconds a user's items are collected into one notification
+    push_retries: int = 5  # retries of a notification after a 5xx, timeout or connection error
+    push_backoff: float = 0.5  # seconds before the first retry; doubles with each retry
+    push_timeout: float = 5.0  # seconds for one webhook request
+    push_concurrency: int = 32  # webhook requests in flight per worker (the connection pool)
 
     def validate(self) -> Settings:
         positive = (
             "port max_body max_frame inbox_cap max_outbuf max_header_bytes handshake_timeout "
             "max_connections accept_rate "
             "max_pending_handshakes close_timeout keepalive_idle keepalive_interval "
-            "keepalive_count backlog"
+            "keepalive_count backlog group_max_members push_timeout push_concurrency"
         )
         for name in positive.split():
             if getattr(self, name) <= 0:
@@ -60,6 +69,13 @@ class Settings:
             raise ConfigError("max_body cannot exceed max_frame")
         if self.fsync not in ("full", "normal"):
             raise ConfigError(f"fsync must be 'full' or 'normal', got {self.fsync!r}")
+        for name in ("push_window", "push_retries", "push_backoff"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or positive, got {getattr(self, name)}")
+        if self.push_webhook is not None and not self.push_webhook.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError(f"push_webhook must be an http(s) URL, got {self.push_webhook!r}")
         return self
 
     def describe(self) -> list[tuple[str, str]]:
@@ -72,8 +88,9 @@ _FIELDS = {f.name: f for f in fields(Settings)}
 
 def _coerce(name: str, value: Any) -> Any:
     default = getattr(Settings(), name)
-    kind = type(default) if default is not None else Path
-    if kind is Path or name.endswith("_file") or name.endswith("_dir"):
+    is_path = name.endswith("_file") or name.endswith("_dir")
+    kind = type(default) if default is not None else (Path if is_path else str)
+    if kind is Path or is_path:
         return None if value is None else Path(value)
     if kind is bool:
         if not isinstance(value, bool):

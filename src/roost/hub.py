@@ -19,6 +19,13 @@ Rules:
 - One live connection per user: a newer one closes the older with 4001.
 - A request whose owner cannot be reached (restarting after a crash) fails
   with ``internal`` and was not stored: the client sends it again.
+- A send's answer goes back to its origin: a client ``Conn``, a peer worker's
+  ref, or a ``Waiter`` (an HTTP request, a group fan-out; see roost.waiter).
+- Groups (roost.groups) and presence (roost.presence) keep their own state;
+  the hub routes their ops and link messages to them. Requests that are not
+  sends go to their owner as ``CALL``/``REPLY`` (``Hub.call``).
+- Push (roost.push): an item committed on the owner for a user with no live
+  connection goes to the notifier; nothing else of the hot path knows it.
 """
 
 from __future__ import annotations
@@ -27,28 +34,36 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from itertools import count
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost.auth import verify_token
 from roost.config import Settings
 from roost.engine.loop import Engine
 from roost.engine.table import LOADING, OPEN, Conn
 from roost.errors import RequestError, StoreError
+from roost.groups import Groups
+from roost.presence import PresenceBook
 from roost.proto.frames import CloseCode
 from roost.proto.handshake import Request, json_error
 from roost.proto.messages import (
     ErrorFrame,
+    Presence,
     Recv,
     Send,
     decode_client_op,
     encode,
     encode_ack,
+    encode_group_msg,
     encode_msg,
+    encode_presence,
     encode_receipt,
 )
 from roost.store.base import (
+    CALLBACK_OPS,
     INBOX_FULL,
+    KIND_GROUP,
     KIND_MSG,
     ClearOutbox,
     Confirm,
@@ -64,6 +79,9 @@ from roost.workers import codec
 from roost.workers.links import Links
 from roost.workers.routing import owner_of
 
+if TYPE_CHECKING:
+    from roost.push.webhook import WebhookNotifier
+
 log = logging.getLogger("roost.hub")
 
 OUTBOX_RESEND_AFTER = 5.0  # seconds before an unanswered forwarded receipt is sent again
@@ -74,6 +92,8 @@ def item_frame(item: Item) -> bytes:
     """The JSON payload that delivers an inbox item."""
     if item.kind == KIND_MSG:
         return encode_msg(item.id, item.sender, item.user, item.ts, item.body)
+    if item.kind == KIND_GROUP:
+        return encode_group_msg(item.id, item.sender, item.user, item.ref or "", item.ts, item.body)
     return encode_receipt(item.id, item.ref or "", item.sender, item.ts)
 
 
@@ -103,10 +123,16 @@ class Hub:
         self.links: Links
         self.on_http = _no_http
         self._refs = count(1)
-        # ref -> (owner worker, sender's connection, cid): sends awaiting a remote commit
-        self._remote_puts: dict[int, tuple[int, Conn, str]] = {}
+        # ref -> (owner worker, origin, cid): sends awaiting a remote commit;
+        # the origin is the sender's Conn or a Waiter (roost.waiter)
+        self._remote_puts: dict[int, tuple[int, Any, Any]] = {}
         # oid -> (receipt, when last sent): forwarded receipts awaiting RECEIPT_DONE
         self._outbox: dict[int, tuple[Outbound, float]] = {}
+        # ref -> (worker asked, its reply callback): CALLs awaiting a REPLY
+        self._calls: dict[int, tuple[int, Callable[[Any], None]]] = {}
+        self.groups = Groups(self)
+        self.presence = PresenceBook(self)
+        self.push: WebhookNotifier | None = None  # set by the worker when a webhook is configured
 
     def bind(self, engine: Engine, commit: GroupCommit, links: Links) -> None:
         self.engine = engine
@@ -145,6 +171,7 @@ class Hub:
         user = conn.user
         if user is not None and self.online.get(user) is conn:
             del self.online[user]
+            self.presence.went_offline(user)
 
     # ---- ops from clients ------------------------------------------------
 
@@ -166,6 +193,9 @@ class Hub:
         user = conn.user or ""
         if type(op) is Send:
             self.stats.messages_in += 1
+            if op.to is None:
+                self.send_group(conn, op.cid, op.group or "", user, bytes(op.body), True)
+                return
             owner = self.owner(op.to)
             if owner == self.index:
                 self.commit.add(Put(op.to, user, bytes(op.body), (conn, op.cid)))
@@ -175,6 +205,8 @@ class Hub:
                 self.links.send(owner, (codec.PUT, ref, op.to, user, bytes(op.body)))
         elif type(op) is Recv and op.ids:
             self.commit.add(Confirm(user, op.ids))
+        elif type(op) is Presence:
+            self._presence_request(conn, op.users, op.cid)
 
     def _error(self, conn: Conn, cid: str | None, code: str, reason: str) -> None:
         self.stats.errors += 1
@@ -190,6 +222,109 @@ class Hub:
             self.stats.messages_out += 1
             self.engine.send_text(conn, item_frame(item))
 
+    # ---- sends from anywhere: answers, groups, the backend API ----------------
+
+    def answer(self, origin: Any, cid: Any, item_id: str, ts: int) -> None:
+        """Ack a send to its origin: a client, a peer worker's ref or a Waiter."""
+        kind = type(origin)
+        if kind is int:
+            self.links.send(origin, (codec.ACKED, cid, item_id, ts))
+        elif kind is Conn:
+            if origin.fd >= 0:
+                self._ack(origin, cid, item_id, ts)
+        else:
+            origin.acked(item_id, ts)
+
+    def answer_error(self, origin: Any, cid: Any, code: str, reason: str) -> None:
+        """Fail a send to its origin, which may send it again."""
+        kind = type(origin)
+        if kind is int:
+            self.links.send(origin, (codec.FAILED, cid, code, reason))
+        elif kind is Conn:
+            if origin.fd >= 0:
+                self._error(origin, cid, code, reason)
+        else:
+            origin.failed(code, reason)
+
+    def send_remote(self, owner: int, origin: Any, cid: Any, kind: int, *fields: Any) -> None:
+        """Send ``(kind, ref, *fields)`` to ``owner``, which answers ``ACKED``
+        or ``FAILED`` with the ref; the answer goes to ``origin``."""
+        ref = next(self._refs)
+        self._remote_puts[ref] = (owner, origin, cid)
+        self.links.send(owner, (kind, ref, *fields))
+
+    def send_direct(self, origin: Any, cid: Any, to: str, sender: str, body: bytes) -> None:
+        """A 1:1 send that is not a client's own (the backend API's)."""
+        self.stats.messages_in += 1
+        owner = self.owner(to)
+        if owner == self.index:
+            self.commit.add(Put(to, sender, body, (origin, cid)))
+        else:
+            self.send_remote(owner, origin, cid, codec.PUT, to, sender, body)
+
+    def send_group(
+        self, origin: Any, cid: Any, gid: str, sender: str, body: bytes, check: bool
+    ) -> None:
+        """A group send, to the group's owner (roost.groups); with ``check``
+        the sender must be a member."""
+        owner = self.owner(gid)
+        if owner == self.index:
+            self.groups.send(origin, cid, gid, sender, body, check)
+        else:
+            self.send_remote(owner, origin, cid, codec.GSEND, gid, sender, body, check)
+
+    # ---- requests that are not sends -----------------------------------------
+
+    def call(self, worker: int, method: str, args: Any, reply: Callable[[Any], None]) -> None:
+        """Ask ``worker`` (maybe this one): ``reply`` gets its answer, or None
+        when it cannot be reached (restarting after a crash)."""
+        if worker == self.index:
+            self._serve_call(method, args, reply)
+            return
+        ref = next(self._refs)
+        self._calls[ref] = (worker, reply)
+        self.links.send(worker, (codec.CALL, ref, method, args))
+
+    def _serve_call(self, method: str, args: Any, reply: Callable[[Any], None]) -> None:
+        if method == "presence":
+            self.presence.local(args, reply)
+        elif method == "group":
+            action, gid, rest = args
+            self.groups.admin(action, gid, rest, reply)
+        elif method == "disconnect":
+            conn = self.online.get(args)
+            if conn is not None:
+                self.engine.close(conn, CloseCode.DISCONNECTED, "disconnected by the API")
+            reply(conn is not None)
+        else:
+            log.error("unknown call %r", method)
+
+    def _presence_request(self, conn: Conn, users: list[str], cid: str | None) -> None:
+        def reply(answer: dict[str, dict[str, Any]]) -> None:
+            self.engine.send_text(conn, encode_presence(answer, cid))
+
+        self.presence.query(users, reply)
+
+    def _on_group_link_message(self, source: int, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == codec.GSEND:
+            _, ref, gid, sender, body, check = message
+            self.groups.send(source, ref, gid, sender, body, check)
+        elif kind == codec.GPUT:
+            _, ref, gid, sender, body, members = message
+            self.groups.store(source, ref, gid, sender, body, members)
+        elif kind == codec.CALL:
+            _, ref, method, args = message
+            links = self.links
+            self._serve_call(
+                method, args, lambda result: links.send(source, (codec.REPLY, ref, result))
+            )
+        elif kind == codec.REPLY:
+            _, ref, result = message
+            waiting = self._calls.pop(ref, None)
+            if waiting is not None:
+                waiting[1](result)
+
     # ---- ops from other workers --------------------------------------------
 
     def on_link_message(self, source: int, message: list[Any], fd: int | None) -> None:
@@ -200,13 +335,13 @@ class Hub:
         elif kind == codec.ACKED:
             _, ref, item_id, ts = message
             pending = self._remote_puts.pop(ref, None)
-            if pending is not None and pending[1].fd >= 0:
-                self._ack(pending[1], pending[2], item_id, ts)
+            if pending is not None:
+                self.answer(pending[1], pending[2], item_id, ts)
         elif kind == codec.FAILED:
             _, ref, code, reason = message
             pending = self._remote_puts.pop(ref, None)
-            if pending is not None and pending[1].fd >= 0:
-                self._error(pending[1], pending[2], code, reason)
+            if pending is not None:
+                self.answer_error(pending[1], pending[2], code, reason)
         elif kind == codec.HANDOFF:
             _, user, key, leftover = message
             assert fd is not None
@@ -219,16 +354,22 @@ class Hub:
             for oid in oids:
                 self._outbox.pop(oid, None)
             self.commit.add(ClearOutbox(oids))
+        else:
+            self._on_group_link_message(source, message)
 
     def on_undeliverable(self, peer: int, messages: list[tuple[Any, ...]], fds: list[int]) -> None:
         """Fail what could not reach ``peer``, explicitly and right away."""
         fd_iter = iter(fds)
         for message in messages:
             kind = message[0]
-            if kind == codec.PUT:
+            if kind == codec.PUT or kind == codec.GSEND or kind == codec.GPUT:
                 pending = self._remote_puts.pop(message[1], None)
-                if pending is not None and pending[1].fd >= 0:
-                    self._error(pending[1], pending[2], "internal", UNAVAILABLE)
+                if pending is not None:
+                    self.answer_error(pending[1], pending[2], "internal", UNAVAILABLE)
+            elif kind == codec.CALL:
+                waiting = self._calls.pop(message[1], None)
+                if waiting is not None:
+                    waiting[1](None)
             elif kind == codec.HANDOFF:
                 fd = next(fd_iter)
                 with contextlib.suppress(OSError):
@@ -239,11 +380,14 @@ class Hub:
 
     def on_link_down(self, peer: int) -> None:
         """The owner died: the sends it had not answered were not acked; fail them."""
-        for ref, (owner, conn, cid) in list(self._remote_puts.items()):
+        for ref, (owner, origin, cid) in list(self._remote_puts.items()):
             if owner == peer:
                 del self._remote_puts[ref]
-                if conn.fd >= 0:
-                    self._error(conn, cid, "internal", UNAVAILABLE)
+                self.answer_error(origin, cid, "internal", UNAVAILABLE)
+        for ref, (worker, reply) in list(self._calls.items()):
+            if worker == peer:
+                del self._calls[ref]
+                reply(None)
 
     def forward_outbox(self, entries: list[Outbound], now: float) -> None:
         for entry in entries:
@@ -275,15 +419,23 @@ class Hub:
                     reason = f"the inbox of {op.user} is full"
                     if type(origin) is int:
                         self.links.send(origin, (codec.FAILED, cid, "inbox_full", reason))
-                    else:
+                    elif type(origin) is Conn:
                         self._error(origin, cid, "inbox_full", reason)
+                    else:
+                        origin.failed("inbox_full", reason)
                     continue
                 if type(origin) is int:
                     self.links.send(origin, (codec.ACKED, cid, result.id, result.ts))
-                else:
+                elif type(origin) is Conn:
                     self._ack(origin, cid, result.id, result.ts)
+                else:
+                    origin.acked(result.id, result.ts)
                 self._deliver(result)
+                if self.push is not None and result.user not in self.online:
+                    self.push.notify(result)
             elif type(op) is Confirm:
+                if self.push is not None:
+                    self.push.confirmed(op.user, op.ids)
                 receipts, outbound = result
                 self.stats.receipts += len(receipts)
                 for receipt in receipts:
@@ -304,6 +456,8 @@ class Hub:
                     engine.send_text(conn, item_frame(item))
                 self.stats.messages_out += len(result)
                 conn.state = OPEN
+            elif type(op) in CALLBACK_OPS:
+                _call_back(op.ctx, result)  # groups and presence
         for source, oids in receipts_done.items():
             self.links.send(source, (codec.RECEIPT_DONE, oids))
 
@@ -313,14 +467,22 @@ class Hub:
             if type(op) is Put:
                 origin, cid = op.ctx
                 reason = "the message was not stored; send it again"
-                if type(origin) is int:
-                    self.links.send(origin, (codec.FAILED, cid, "internal", reason))
-                else:
-                    self._error(origin, cid, "internal", reason)
+                self.answer_error(origin, cid, "internal", reason)
             elif type(op) is Load:
                 self.engine.close(op.ctx, CloseCode.INTERNAL_ERROR, "inbox unavailable")
+            elif type(op) in CALLBACK_OPS:
+                _call_back(op.ctx, error)
             # A failed Confirm leaves the items in the inbox: they come again.
             # A failed PutReceipt is not answered: its sender resends it.
+
+
+def _call_back(callback: Callable[[Any], None], result: Any) -> None:
+    """A bug in one group or presence callback must not leave the rest of the
+    batch (acks, deliveries) unhandled."""
+    try:
+        callback(result)
+    except Exception:
+        log.exception("a store callback failed")
 
 
 def _no_http(conn: Conn, request: Request) -> bytes | None:

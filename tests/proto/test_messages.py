@@ -413,3 +413,84 @@ def test_encode_receipt_matches_the_struct():
         Receipt("01a218c479d300000001", "01a218c479d300000000", "bob", "delivered", 7)
     )
     assert encode_receipt("01a218c479d300000001", "01a218c479d300000000", "bob", 7) == expected
+
+
+# ---- groups and presence (docs/protocol.md) ------------------------------------------
+
+
+def test_group_send():
+    from roost.proto.messages import Send
+
+    result = decode_client_op(
+        b'{"op":"send","group":"g1","cid":"c1","body":{"text":"hi"}}', MAX_BODY
+    )
+    assert type(result) is Send
+    assert (result.to, result.group, result.cid) == (None, "g1", "c1")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"to": "bob", "group": "g1"}, {"to": None}, {"group": None}, {"to": None, "group": None}],
+)
+def test_send_needs_exactly_one_of_to_and_group(fields):
+    exc = request_error(op({"op": "send", "cid": "c6", "body": 1, **fields}))
+    assert '"to"' in exc.reason and '"group"' in exc.reason
+    assert exc.cid == "c6"
+
+
+@pytest.mark.parametrize("group", ["", "x" * 65, "a b", "g!", 5, ["g"]])
+def test_bad_group_id(group):
+    exc = request_error(op({"op": "send", "group": group, "cid": "c7", "body": 1}))
+    assert "group" in exc.reason
+    assert exc.cid == "c7"
+
+
+def test_a_group_send_body_over_the_limit_is_too_large():
+    request_error(op({"op": "send", "group": "g", "cid": "c", "body": "x" * 9}), "too_large", 10)
+
+
+def test_presence():
+    from roost.proto.messages import MAX_PRESENCE_USERS, Presence
+
+    assert MAX_PRESENCE_USERS == 256
+    result = decode_client_op(b'{"op":"presence","users":["bob","carol"]}', MAX_BODY)
+    assert result == Presence(["bob", "carol"])
+    assert result.cid is None
+    with_cid = decode_client_op(b'{"op":"presence","users":[],"cid":"p"}', MAX_BODY)
+    assert with_cid == Presence([], "p")
+    users = [f"u{i}" for i in range(256)]
+    assert decode_client_op(op({"op": "presence", "users": users}), MAX_BODY).users == users
+
+
+@pytest.mark.parametrize(
+    "users", [None, "bob", [5], ["bad user"], [f"u{i}" for i in range(257)], {"bob": 1}]
+)
+def test_presence_bad_users(users):
+    exc = request_error(op({"op": "presence", "users": users, "cid": "p1"}))
+    assert "users" in exc.reason
+    assert exc.cid == "p1"
+
+
+def test_presence_missing_users():
+    assert "users" in request_error(op({"op": "presence"})).reason
+
+
+@pytest.mark.parametrize("body", [b"1", b'{"text": "hi \\u00e9"}', b'[1, {"a": null}]'])
+def test_encode_group_msg_matches_the_struct(body):
+    from roost.proto.messages import GroupMsg, encode_group_msg
+
+    expected = encode(
+        GroupMsg("01a218c479d300000000", "al.ice", "bob", "g.1", 5, msgspec.Raw(body))
+    )
+    assert encode_group_msg("01a218c479d300000000", "al.ice", "bob", "g.1", 5, body) == expected
+    assert list(json.loads(expected)) == ["op", "id", "from", "to", "group", "ts", "body"]
+
+
+def test_encode_presence():
+    from roost.proto.messages import encode_presence
+
+    users = {"bob": {"online": True}, "carol": {"online": False, "last_seen": 17}}
+    assert json.loads(encode_presence(users)) == {"op": "presence", "users": users}
+    assert json.loads(encode_presence({}, "p")) == {"op": "presence", "cid": "p", "users": {}}
+    # An answer echoed back is not a valid request.
+    request_error(encode_presence(users))

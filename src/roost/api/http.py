@@ -1,4 +1,5 @@
-"""Plain HTTP endpoints on the WebSocket port: health, metrics, stats, demo.
+"""Plain HTTP endpoints on the WebSocket port: health, metrics, stats, demo,
+and the backend API (api.backend) under /api/.
 
 Every answer is a complete response that closes the connection
 (proto.handshake). Any worker answers for all of them: metrics come from the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from roost import __version__
 from roost.auth import is_user_id, issue_token
@@ -18,6 +20,9 @@ from roost.engine.table import Conn
 from roost.proto.handshake import Request, http_response, json_error
 from roost.proto.messages import encode
 from roost.workers.stats import SharedStats
+
+if TYPE_CHECKING:
+    from roost.api.backend import BackendApi
 
 DEMO_TOKEN_TTL = 24 * 3600  # seconds a demo-page token lives
 
@@ -36,14 +41,30 @@ _METRICS = (
     ("roost_bytes_out_total", "bytes_out", "counter", "Bytes written to client sockets."),
     ("roost_slow_consumer_closes_total", "slow_consumers", "counter", "Closes with 4008."),
     ("roost_commits_total", "commits", "counter", "Group-commit transactions."),
+    ("roost_push_sent_total", "push_sent", "counter", "Push notifications the gateway accepted."),
+    ("roost_push_failed_total", "push_failed", "counter", "Push webhook attempts that failed."),
+    ("roost_push_dropped_total", "push_dropped", "counter", "Push notifications given up."),
+    (
+        "roost_group_skipped_total",
+        "group_skipped",
+        "counter",
+        "Group members skipped: their inbox was full.",
+    ),
 )
 
 
 class HttpApi:
-    def __init__(self, settings: Settings, secret: bytes, stats: SharedStats) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        secret: bytes,
+        stats: SharedStats,
+        backend: BackendApi | None = None,
+    ) -> None:
         self.settings = settings
         self.secret = secret
         self.stats = stats
+        self.backend = backend
         self.routes: dict[str, Route] = {
             "/healthz": self._healthz,
             "/metrics": self._metrics,
@@ -58,6 +79,8 @@ class HttpApi:
     def __call__(self, conn: Conn, request: Request) -> bytes | None:
         route = self.routes.get(request.path)
         if route is None:
+            if self.backend is not None and request.path.startswith("/api/"):
+                return self.backend(conn, request)
             return json_error(404, "not found")
         if request.method != "GET":
             return json_error(405, "method not allowed", (("Allow", "GET"),))

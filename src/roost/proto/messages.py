@@ -15,22 +15,29 @@ import msgspec
 from roost.errors import RequestError
 
 __all__ = [
+    "MAX_PRESENCE_USERS",
     "MAX_RECV_IDS",
     "Ack",
     "ErrorFrame",
+    "GroupMsg",
     "Msg",
+    "Presence",
     "Receipt",
     "Recv",
     "Send",
     "decode_client_op",
     "encode",
     "encode_ack",
+    "encode_group_msg",
     "encode_msg",
+    "encode_presence",
     "encode_receipt",
 ]
 
 MAX_RECV_IDS = 1000
 """Most ids one ``recv`` may confirm: bounds the work one frame can ask for."""
+MAX_PRESENCE_USERS = 256
+"""Most users one ``presence`` request may ask about: it may ask every worker."""
 
 # \Z, not $: "$" also matches before a trailing newline, which would let "bob\n" in.
 UserId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}\Z")]
@@ -39,11 +46,13 @@ ItemId = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class Send(msgspec.Struct, tag="send", tag_field="op", frozen=True):
-    """``{"op":"send","to":...,"cid":...,"body":...}``."""
+    """``{"op":"send","to":...,"cid":...,"body":...}``, or ``"group"`` instead
+    of ``"to"``: exactly one of the two (``decode_client_op`` checks)."""
 
-    to: UserId
     cid: Cid
     body: msgspec.Raw
+    to: UserId | None = None
+    group: UserId | None = None  # group ids have the user id alphabet
 
 
 class Recv(msgspec.Struct, tag="recv", tag_field="op", frozen=True):
@@ -52,7 +61,15 @@ class Recv(msgspec.Struct, tag="recv", tag_field="op", frozen=True):
     ids: Annotated[list[ItemId], msgspec.Meta(max_length=MAX_RECV_IDS)]
 
 
-ClientOp = Send | Recv
+class Presence(msgspec.Struct, tag="presence", tag_field="op", frozen=True):
+    """``{"op":"presence","users":[...]}``: who is online; ``cid``, if given,
+    is echoed in the answer."""
+
+    users: Annotated[list[UserId], msgspec.Meta(max_length=MAX_PRESENCE_USERS)]
+    cid: Cid | None = None
+
+
+ClientOp = Send | Recv | Presence
 
 _decode_op = msgspec.json.Decoder(ClientOp).decode
 
@@ -80,7 +97,8 @@ def decode_client_op(payload: bytes, max_body: int) -> ClientOp:
     Raises ``RequestError``: ``bad_request`` for anything that is not a valid
     op (not JSON, not an object, unknown op, a missing or mistyped field), with
     msgspec's description of what is wrong; ``too_large`` for a body over
-    ``max_body``. The caller answers with an error frame and stays open.
+    ``max_body``; ``bad_request`` also for a send with both or neither of
+    ``to`` and ``group``. The caller answers with an error frame and stays open.
     """
     try:
         op = _decode_op(payload)
@@ -90,10 +108,15 @@ def decode_client_op(payload: bytes, max_body: int) -> ClientOp:
         raise RequestError("bad_request", f"not valid JSON: {exc}") from None
     except RecursionError:
         raise RequestError("bad_request", "JSON nested too deeply", _cid_of(payload)) from None
-    if type(op) is Send and len(op.body) > max_body:
-        raise RequestError(
-            "too_large", f"body is {len(op.body)} bytes, the limit is {max_body}", op.cid
-        )
+    if type(op) is Send:
+        if (op.to is None) is (op.group is None):
+            raise RequestError(
+                "bad_request", 'a send needs exactly one of "to" and "group"', op.cid
+            )
+        if len(op.body) > max_body:
+            raise RequestError(
+                "too_large", f"body is {len(op.body)} bytes, the limit is {max_body}", op.cid
+            )
     return op
 
 
@@ -107,6 +130,17 @@ class Msg(msgspec.Struct, tag="msg", tag_field="op"):
     id: str
     sender: str = msgspec.field(name="from")
     to: str = ""
+    ts: int = 0
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class GroupMsg(msgspec.Struct, tag="msg", tag_field="op"):
+    """A ``msg`` sent to a group: a ``Msg`` with the group's id after ``to``."""
+
+    id: str
+    sender: str = msgspec.field(name="from")
+    to: str = ""
+    group: str = ""
     ts: int = 0
     body: msgspec.Raw = msgspec.Raw(b"null")
 
@@ -158,3 +192,22 @@ def encode_receipt(item_id: str, ref: str, by: str, ts: int) -> bytes:
         by.encode(),
         ts,
     )
+
+
+def encode_group_msg(item_id: str, sender: str, to: str, group: str, ts: int, body: bytes) -> bytes:
+    """``GroupMsg``; a group id has the user id alphabet, so it needs no escaping."""
+    return b'{"op":"msg","id":"%b","from":"%b","to":"%b","group":"%b","ts":%d,"body":%b}' % (
+        item_id.encode(),
+        sender.encode(),
+        to.encode(),
+        group.encode(),
+        ts,
+        body,
+    )
+
+
+def encode_presence(users: dict[str, dict[str, Any]], cid: str | None = None) -> bytes:
+    """The answer to a ``presence`` request; ``cid`` only when the request had one."""
+    if cid is None:
+        return encode({"op": "presence", "users": users})
+    return encode({"op": "presence", "cid": cid, "users": users})

@@ -21,6 +21,11 @@ from typing import Any, NamedTuple, Protocol
 
 KIND_MSG = 0
 KIND_RECEIPT = 1
+KIND_GROUP = 2  # a message sent to a group: no receipt when it is confirmed
+
+SYSTEM_SENDER = "system"
+"""The sender of messages the backend sends in no user's name (POST /api/send):
+their confirmations produce no receipts, which no one would ever read."""
 
 
 @dataclass(slots=True)
@@ -29,9 +34,9 @@ class Item:
 
     id: str  # 20 hex chars, see IdGenerator
     user: str  # the recipient, whose inbox holds it
-    kind: int  # KIND_MSG or KIND_RECEIPT
+    kind: int  # KIND_MSG, KIND_RECEIPT or KIND_GROUP
     sender: str  # a message's "from"; a receipt's "by"
-    ref: str | None  # a receipt's message id; None for a message
+    ref: str | None  # a receipt's message id; a group message's group id; else None
     ts: int  # unix ms when the item was accepted
     body: bytes  # a message's raw JSON body; b"" for a receipt
 
@@ -44,6 +49,7 @@ class Put(NamedTuple):
     sender: str
     body: bytes
     ctx: Any = None
+    group: str | None = None  # a group message (KIND_GROUP) sent to this group
 
 
 class Confirm(NamedTuple):
@@ -92,9 +98,76 @@ class Load(NamedTuple):
     ctx: Any = None
 
 
-Op = Put | Confirm | Load | PutReceipt | ClearOutbox
+class SetGroup(NamedTuple):
+    """Create group ``gid`` or replace its members. Result: the members, sorted."""
+
+    gid: str
+    members: list[str]
+    ctx: Any = None
+
+
+class EditGroup(NamedTuple):
+    """Add members to group ``gid``, then remove members (so one in both ends
+    up out). Result: the members, sorted; None when there is no such group;
+    ``TOO_MANY`` (and nothing changed) when more than ``limit`` would remain."""
+
+    gid: str
+    add: list[str]
+    remove: list[str]
+    limit: int
+    ctx: Any = None
+
+
+class GetGroup(NamedTuple):
+    """Read group ``gid``. Result: its members, sorted, or None."""
+
+    gid: str
+    ctx: Any = None
+
+
+class DeleteGroup(NamedTuple):
+    """Delete group ``gid``. Result: whether it existed."""
+
+    gid: str
+    ctx: Any = None
+
+
+class Seen(NamedTuple):
+    """Record that ``user`` went offline at ``ts`` (unix ms). Result: None."""
+
+    user: str
+    ts: int
+    ctx: Any = None
+
+
+class LastSeen(NamedTuple):
+    """Read when each of ``users`` went offline last. Result: a dict user ->
+    unix ms, without the users never recorded."""
+
+    users: list[str]
+    ctx: Any = None
+
+
+Op = (
+    Put
+    | Confirm
+    | Load
+    | PutReceipt
+    | ClearOutbox
+    | SetGroup
+    | EditGroup
+    | GetGroup
+    | DeleteGroup
+    | Seen
+    | LastSeen
+)
+
+CALLBACK_OPS = (SetGroup, EditGroup, GetGroup, DeleteGroup, LastSeen)
+"""Ops whose ``ctx`` is a callable, called with the result (or the
+``StoreError`` of a failed batch) once the batch is handled."""
 
 INBOX_FULL = "inbox_full"
+TOO_MANY = "too_many"
 
 
 class InboxStore(Protocol):

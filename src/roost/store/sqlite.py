@@ -12,6 +12,9 @@ Rules:
   in the same transaction as the confirm, and stays there until the owner's
   store says it has it (``ClearOutbox``): a crash between the two loses
   nothing, and a resend is deduplicated by the ``seen_receipts`` table.
+- A group message is an inbox item of kind ``KIND_GROUP`` whose ``ref`` is the
+  group id; confirming it stores no receipt. Group membership lives in the
+  store of the group's owner worker, last-seen times in the user's owner's.
 """
 
 from __future__ import annotations
@@ -26,17 +29,26 @@ from typing import Any
 from roost.errors import StoreError
 from roost.store.base import (
     INBOX_FULL,
+    KIND_GROUP,
     KIND_MSG,
     KIND_RECEIPT,
+    SYSTEM_SENDER,
+    TOO_MANY,
     ClearOutbox,
     Confirm,
+    DeleteGroup,
+    EditGroup,
+    GetGroup,
     IdGenerator,
     Item,
+    LastSeen,
     Load,
     Op,
     Outbound,
     Put,
     PutReceipt,
+    Seen,
+    SetGroup,
 )
 
 _SCHEMA = """
@@ -66,6 +78,22 @@ CREATE TABLE IF NOT EXISTS outbox (
     ref  TEXT    NOT NULL,
     ts   INTEGER NOT NULL
 );
+-- Groups live in the store of the group's owner worker (routing.owner_of of
+-- the group id); their members' inboxes may be anywhere.
+CREATE TABLE IF NOT EXISTS groups (
+    gid     TEXT    PRIMARY KEY,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    gid  TEXT NOT NULL,
+    user TEXT NOT NULL,
+    PRIMARY KEY (gid, user)
+) WITHOUT ROWID;
+-- When each user this store owns last went offline, for presence.
+CREATE TABLE IF NOT EXISTS last_seen (
+    user TEXT    PRIMARY KEY,
+    ts   INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 SEEN_RECEIPTS_KEEP_MS = 7 * 86_400_000  # far longer than any resend can lag
@@ -113,6 +141,7 @@ class SQLiteInboxStore:
         self._deletes: list[tuple[str, str]] = []
         self._deleting: set[tuple[str, str]] = set()  # the same, for lookups
         self._outbox_rows: list[tuple[int, str, str, str, int]] = []
+        self._seen: dict[str, int] = {}  # user -> went offline at, unix ms
 
     def apply(self, ops: list[Op]) -> list[Any]:
         """Apply ``ops`` in one transaction.
@@ -150,6 +179,12 @@ class SQLiteInboxStore:
                     "INSERT INTO outbox (oid, user, by, ref, ts) VALUES (?, ?, ?, ?, ?)",
                     self._outbox_rows,
                 )
+            if self._seen:
+                db.executemany(
+                    "INSERT INTO last_seen (user, ts) VALUES (?, ?)"
+                    " ON CONFLICT (user) DO UPDATE SET ts = excluded.ts",
+                    self._seen.items(),
+                )
             db.execute("COMMIT")
         except Exception as exc:
             # Whatever broke (SQLite, the disk, a bug), nothing of the batch
@@ -167,6 +202,7 @@ class SQLiteInboxStore:
             self._deletes = []
             self._deleting = set()
             self._outbox_rows = []
+            self._seen = {}
         if len(self._counts) > _COUNT_CACHE_MAX:
             self._counts.clear()
         if len(self._recent) > _RECENT_MAX:
@@ -177,14 +213,74 @@ class SQLiteInboxStore:
         if type(op) is Put:
             if self._count(op.user) >= self._cap:
                 return INBOX_FULL
-            return self._insert(op.user, KIND_MSG, op.sender, None, op.body)
+            if op.group is None:
+                return self._insert(op.user, KIND_MSG, op.sender, None, op.body)
+            return self._insert(op.user, KIND_GROUP, op.sender, op.group, op.body)
         if type(op) is Confirm:
             return self._confirm(op.user, op.ids)
         if type(op) is PutReceipt:
             return self._put_receipt(op)
-        assert type(op) is ClearOutbox
-        self._db.executemany("DELETE FROM outbox WHERE oid = ?", [(o,) for o in op.oids])
-        return None
+        if type(op) is ClearOutbox:
+            self._db.executemany("DELETE FROM outbox WHERE oid = ?", [(o,) for o in op.oids])
+            return None
+        if type(op) is Seen:
+            self._seen[op.user] = op.ts
+            return None
+        return self._apply_group_or_presence(op)
+
+    def _apply_group_or_presence(self, op: Op) -> Any:
+        """Groups and last-seen times. Their writes run at once, inside the
+        batch's transaction; they are few next to inbox writes."""
+        db = self._db
+        if type(op) is GetGroup:
+            return self._members(op.gid)
+        if type(op) is SetGroup:
+            db.execute(
+                "INSERT OR IGNORE INTO groups (gid, created) VALUES (?, ?)",
+                (op.gid, time.time_ns() // 1_000_000),
+            )
+            db.execute("DELETE FROM members WHERE gid = ?", (op.gid,))
+            members = sorted(set(op.members))
+            db.executemany(
+                "INSERT INTO members (gid, user) VALUES (?, ?)", [(op.gid, m) for m in members]
+            )
+            return members
+        if type(op) is EditGroup:
+            current = self._members(op.gid)
+            if current is None:
+                return None
+            after = (set(current) | set(op.add)) - set(op.remove)
+            if len(after) > op.limit:
+                return TOO_MANY
+            db.executemany(
+                "INSERT OR IGNORE INTO members (gid, user) VALUES (?, ?)",
+                [(op.gid, m) for m in op.add],
+            )
+            db.executemany(
+                "DELETE FROM members WHERE gid = ? AND user = ?", [(op.gid, m) for m in op.remove]
+            )
+            return sorted(after)
+        if type(op) is DeleteGroup:
+            existed = db.execute("DELETE FROM groups WHERE gid = ?", (op.gid,)).rowcount > 0
+            db.execute("DELETE FROM members WHERE gid = ?", (op.gid,))
+            return existed
+        assert type(op) is LastSeen
+        found = {u: self._seen[u] for u in op.users if u in self._seen}
+        rest = [u for u in op.users if u not in found]
+        for start in range(0, len(rest), 500):  # under SQLite's limit on variables
+            part = rest[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                db.execute(f"SELECT user, ts FROM last_seen WHERE user IN ({marks})", part)
+            )
+        return found
+
+    def _members(self, gid: str) -> list[str] | None:
+        db = self._db
+        if db.execute("SELECT 1 FROM groups WHERE gid = ?", (gid,)).fetchone() is None:
+            return None
+        rows = db.execute("SELECT user FROM members WHERE gid = ? ORDER BY user", (gid,))
+        return [row[0] for row in rows]
 
     def _load(self, user: str, inserts: int, deletes: int) -> list[Item]:
         """``user``'s inbox after the first ``inserts`` and ``deletes`` of the
@@ -269,8 +365,8 @@ class SQLiteInboxStore:
             count -= 1
             self.items -= 1
             kind, sender = found
-            if kind != KIND_MSG:
-                continue
+            if kind != KIND_MSG or sender == SYSTEM_SENDER:
+                continue  # receipts, group messages and the backend's get none
             if self._is_local(sender):
                 receipts.append(self._insert(sender, KIND_RECEIPT, user, item_id, b""))
             else:

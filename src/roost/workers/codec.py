@@ -28,6 +28,12 @@ ACKED = 3  # (ACKED, ref, id, ts)
 FAILED = 4  # (FAILED, ref, code, reason)
 RECEIPT = 5  # (RECEIPT, outbox id, user, by, message id, ts): store a receipt
 RECEIPT_DONE = 6  # (RECEIPT_DONE, [outbox ids]): stored, forget them
+# Groups (roost.groups): to the group's owner, then to each member's owner.
+GSEND = 7  # (GSEND, ref, group, sender, body, check member): fan out, answer ACKED or FAILED
+GPUT = 8  # (GPUT, ref, group, sender, body, [members]): store for each; ACKED once all are
+# Requests that are not sends (presence, group admin, disconnect): any answer.
+CALL = 9  # (CALL, ref, method, args): answer REPLY
+REPLY = 10  # (REPLY, ref, result)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[list[Any]]).decode

@@ -39,6 +39,10 @@ FIELDS = (
     "link_packets_out",
     "link_packets_in",
     "rss_bytes",
+    "push_sent",  # notifications the push gateway accepted
+    "push_failed",  # webhook attempts that failed (each retry counts)
+    "push_dropped",  # notifications given up after the retries, or never queued
+    "group_skipped",  # group members skipped because their inbox was full
 )
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _WIDTH = len(FIELDS)

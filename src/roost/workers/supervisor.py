@@ -43,9 +43,13 @@ def run(settings: Settings) -> int:
         stream=sys.stderr,
     )
     workers = settings.workers or os.cpu_count() or 1
-    from roost.auth import load_secret
+    from roost.auth import load_api_key, load_push_secret, load_secret
 
-    load_secret(settings.data_dir, settings.secret_file)  # generated once, before the fork
+    # Generated once, before the fork: workers racing to create them would clash.
+    load_secret(settings.data_dir, settings.secret_file)
+    load_api_key(settings.data_dir, settings.api_key_file)
+    if settings.push_webhook:
+        load_push_secret(settings.data_dir, settings.push_secret_file)
     _banner(settings, workers)
     _preflight(settings, workers)
     return Supervisor(settings, workers).run()
@@ -57,6 +61,7 @@ def _banner(settings: Settings, workers: int) -> None:
     if settings.demo:
         lines.append(f"demo page: http://{host_port}/")
     lines.append(f"metrics: http://{host_port}/metrics")
+    lines.append(f"backend API: http://{host_port}/api/ (OpenAPI at /api/openapi.json)")
     lines.append("settings:")
     lines.extend(f"  {name} = {value}" for name, value in settings.describe())
     print("\n".join(lines), flush=True)

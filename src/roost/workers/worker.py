@@ -23,13 +23,15 @@ import time
 
 import uvloop
 
+from roost.api.backend import BackendApi
 from roost.api.http import HttpApi
-from roost.auth import load_secret
+from roost.auth import load_api_key, load_push_secret, load_secret
 from roost.config import Settings
 from roost.engine.loop import Engine
 from roost.errors import ConfigError
 from roost.hub import Hub
 from roost.proto.frames import CloseCode
+from roost.push.webhook import WebhookNotifier
 from roost.store.commit import GroupCommit
 from roost.store.sqlite import SQLiteInboxStore
 from roost.workers.links import Links
@@ -68,7 +70,12 @@ async def serve_worker(
     engine = Engine(settings, hub)
     links = Links(index, namespace, hub.on_link_message, hub.on_undeliverable, hub.on_link_down)
     hub.bind(engine, commit, links)
-    hub.on_http = HttpApi(settings, secret, stats)
+    api_key = load_api_key(settings.data_dir, settings.api_key_file)
+    hub.on_http = HttpApi(settings, secret, stats, BackendApi(settings, api_key, hub))
+    if settings.push_webhook:
+        push_secret = load_push_secret(settings.data_dir, settings.push_secret_file)
+        hub.push = WebhookNotifier(settings, push_secret, hub.online.__contains__)
+        hub.push.start()
     links.start(link_listener)
     engine.start(listener)
 
@@ -98,6 +105,11 @@ async def serve_worker(
             "rss_bytes": rss,
         }
         values.update({f"handshakes_{k}": v for k, v in engine.stats_handshakes.items()})
+        values["group_skipped"] = hub.groups.skipped
+        if hub.push is not None:
+            values["push_sent"] = hub.push.sent
+            values["push_failed"] = hub.push.failed
+            values["push_dropped"] = hub.push.dropped
         stats.write(index, values)
 
     async def housekeeping() -> None:
@@ -123,6 +135,8 @@ async def serve_worker(
     await engine.wait_closed(settings.close_timeout)
     await commit.drain()
     chores.cancel()
+    if hub.push is not None:
+        await hub.push.close()
     publish()
     links.close()
     commit.close()

@@ -1,0 +1,1 @@
+"""Push notifications for offline users: the webhook notifier (webhook.py)."""
