@@ -158,10 +158,9 @@ class Supervisor:
                 if i != index:
                     listener.close()
                     links.close()
-            from roost.workers.worker import run_worker
+            from roost.workers.worker import Place, run_worker
 
-            code = run_worker(
-                self.settings,
+            place = Place(
                 index,
                 self.workers,
                 self.namespace,
@@ -169,6 +168,7 @@ class Supervisor:
                 self.listeners[index],
                 self.link_listeners[index],
             )
+            code = run_worker(self.settings, place)
         except ConfigError as exc:
             log.error("%s", exc)
             code = EXIT_FATAL

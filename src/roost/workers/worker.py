@@ -20,6 +20,7 @@ import signal
 import socket
 import sqlite3
 import time
+from dataclasses import dataclass
 
 import uvloop
 
@@ -44,15 +45,21 @@ PUBLISH_INTERVAL = 0.5  # seconds between stats publications
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-async def serve_worker(
-    settings: Settings,
-    index: int,
-    workers: int,
-    namespace: str,
-    stats: SharedStats,
-    listener: socket.socket,
-    link_listener: socket.socket,
-) -> None:
+@dataclass(frozen=True)
+class Place:
+    """A worker's place among its siblings, and what the supervisor made for it
+    before forking."""
+
+    index: int  # this worker, 0..workers-1; also its inbox file and id shard
+    workers: int  # how many share the users
+    namespace: str  # names the link addresses of this server's workers
+    stats: SharedStats  # the shared rows; this worker writes row ``index``
+    listener: socket.socket  # its SO_REUSEPORT listening socket
+    link_listener: socket.socket  # where its peers connect
+
+
+async def serve_worker(settings: Settings, place: Place) -> None:
+    index, workers, stats = place.index, place.workers, place.stats
     secret = load_secret(settings.data_dir, settings.secret_file)
     hub = Hub(settings, secret, index, workers)
     path = settings.data_dir / f"inbox-{index:03d}.db"
@@ -68,7 +75,9 @@ async def serve_worker(
         raise ConfigError(f"cannot open {path}: {exc}") from None
     commit = GroupCommit(store, hub.on_committed)
     engine = Engine(settings, hub)
-    links = Links(index, namespace, hub.on_link_message, hub.on_undeliverable, hub.on_link_down)
+    links = Links(
+        index, place.namespace, hub.on_link_message, hub.on_undeliverable, hub.on_link_down
+    )
     hub.bind(engine, commit, links)
     api_key = load_api_key(settings.data_dir, settings.api_key_file)
     hub.on_http = HttpApi(settings, secret, stats, BackendApi(settings, api_key, hub))
@@ -76,8 +85,8 @@ async def serve_worker(
         push_secret = load_push_secret(settings.data_dir, settings.push_secret_file)
         hub.push = WebhookNotifier(settings, push_secret, hub.online.__contains__)
         hub.push.start()
-    links.start(link_listener)
-    engine.start(listener)
+    links.start(place.link_listener)
+    engine.start(place.listener)
 
     loop = asyncio.get_running_loop()
     started = int(time.time())
@@ -143,18 +152,10 @@ async def serve_worker(
     engine.shutdown()
 
 
-def run_worker(
-    settings: Settings,
-    index: int,
-    workers: int,
-    namespace: str,
-    stats: SharedStats,
-    listener: socket.socket,
-    link_listener: socket.socket,
-) -> int:
+def run_worker(settings: Settings, place: Place) -> int:
     """The body of a forked worker process; returns its exit status."""
     logging.getLogger().handlers[0].setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s")
+        logging.Formatter(f"%(asctime)s %(levelname)s w{place.index} %(name)s: %(message)s")
     )
-    uvloop.run(serve_worker(settings, index, workers, namespace, stats, listener, link_listener))
+    uvloop.run(serve_worker(settings, place))
     return 0
