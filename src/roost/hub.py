@@ -145,7 +145,7 @@ class Hub:
         return owner_of(user, self.workers) if self.workers > 1 else 0
 
     def owns(self, user: str) -> bool:
-        return self.workers == 1 or owner_of(user, self.workers) == self.index
+        return self.owner(user) == self.index
 
     def authenticate(self, request: Request) -> str:
         token = request.query.get("token")

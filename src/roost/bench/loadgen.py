@@ -47,7 +47,6 @@ from roost.proto.frames import (
     OP_PONG,
     OP_TEXT,
     assemble,
-    encode_close,
     encode_frame,
     parse_close,
     parse_frames,
@@ -496,12 +495,6 @@ class Engine:
         elif conn.writing:
             conn.writing = False
             self.ep.modify(sock.fileno(), select.EPOLLIN)
-
-    def send_close(self, conn: Conn, code: int = 1000) -> None:
-        """Send a close frame now and drop the socket without waiting for the echo."""
-        if conn.state == OPEN:
-            self._write_now(conn, encode_frame(OP_CLOSE, encode_close(code), mask_key=ZERO_KEY))
-        self.close(conn)
 
 
 def _reason(exc: OSError) -> str:

@@ -115,7 +115,6 @@ class Worker:
         self.sending = False
         self.open_list: list[Conn] = []
         self.open_stale = False
-        self.opened = 0
         self.connected = 0
         self.failed: Counter[str] = Counter()
         self.disconnected: Counter[str] = Counter()
@@ -273,7 +272,6 @@ class Worker:
                 self.back_at = now
                 self.pipe.send(("back", now))
             return
-        self.opened += 1
         self.connected += 1
         self.handshake_us.append(int((now - conn.started) * 1e6))
         if not self.first_open:
